@@ -1,1 +1,48 @@
-//! placeholder
+//! `raptors._raptors`: the only place Raptors touches Python.
+//!
+//! - [`pool`]: `PoolCore`, the native half of `rp.Pool` (submit, stats, close).
+//! - [`job`]: `rp.Job`, a `concurrent.futures`-compatible, awaitable handle.
+//! - [`hub`]: per-event-loop completion delivery, batched.
+//! - [`task`]: what a job runs (kernel or Python callable) and ends with.
+//! - [`kernel`], [`convert`], [`array`]: kernels as Python callables, input
+//!   and output conversion, and `rp.Array`.
+//! - [`gil`]: every rule about when the GIL is held or released.
+//! - [`errors`], [`token`], [`stats`]: the exception hierarchy,
+//!   `rp.CancelToken` and `rp.PoolStats`.
+
+mod array;
+mod convert;
+mod errors;
+mod gil;
+mod hub;
+mod job;
+mod kernel;
+mod pool;
+mod stats;
+mod task;
+mod token;
+
+use pyo3::prelude::*;
+
+/// Called by the package's `atexit` hook once every pool has been closed.
+#[pyfunction]
+fn _interpreter_exiting() {
+    gil::interpreter_exiting();
+}
+
+#[pymodule]
+fn _raptors(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    errors::register(module)?;
+    module.add_class::<pool::PoolCore>()?;
+    module.add_class::<job::Job>()?;
+    module.add_class::<job::JobAwait>()?;
+    module.add_class::<hub::Hub>()?;
+    module.add_class::<token::CancelToken>()?;
+    module.add_class::<stats::PoolStats>()?;
+    module.add_class::<kernel::Kernel>()?;
+    module.add_class::<array::Array>()?;
+    kernel::register(module)?;
+    module.add_function(wrap_pyfunction!(_interpreter_exiting, module)?)?;
+    module.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

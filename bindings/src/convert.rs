@@ -1,0 +1,254 @@
+//! Python objects in, Python objects out.
+//!
+//! Inputs become [`HeldOperand`]s: NumPy arrays and `rp.Array`s are read
+//! in place (the operand keeps a strong reference to the object that owns
+//! the memory, so the memory outlives the job); any other buffer, list or
+//! scalar goes through `numpy.asarray` once (zero-copy for buffers). Python
+//! `int`/`float` stay weak scalars for NEP 50 promotion.
+//!
+//! Outputs: a kernel's `Vec` becomes a NumPy array without a copy, scalars
+//! become NumPy scalars of the result dtype.
+
+use std::ffi::c_void;
+
+use numpy::npyffi::{self, PY_ARRAY_API};
+use numpy::prelude::*;
+use numpy::{PyArrayDescr, PyUntypedArray};
+use pyo3::exceptions::{PyOverflowError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::sync::GILOnceCell;
+use pyo3::types::{PyBool, PyFloat, PyInt, PyTuple};
+use raptors_kernels::{ArrayView, Buffer, DType, KernelError, Operand, Scalar, Value};
+
+use crate::array::Array;
+use crate::errors;
+
+/// Memory of an input array, kept alive by `owner`.
+pub struct HeldArray {
+    /// Keeps the memory alive; dropped without the GIL on a worker, which
+    /// PyO3 defers to the next moment it holds the GIL.
+    _owner: PyObject,
+    ptr: *const u8,
+    dtype: DType,
+    shape: Vec<usize>,
+    strides: Vec<isize>,
+}
+
+// SAFETY: the pointer targets memory owned by `_owner`, which this value keeps
+// alive; kernels only read it.
+unsafe impl Send for HeldArray {}
+// SAFETY: shared access is read-only.
+unsafe impl Sync for HeldArray {}
+
+pub enum HeldOperand {
+    Array(HeldArray),
+    Int(i64),
+    Float(f64),
+}
+
+impl HeldOperand {
+    pub fn elements(&self) -> usize {
+        match self {
+            HeldOperand::Array(a) => a.shape.iter().product(),
+            _ => 1,
+        }
+    }
+
+    /// The kernels' view of this operand.
+    pub fn operand(&self) -> Result<Operand<'_>, KernelError> {
+        Ok(match self {
+            // SAFETY: `ptr`, `shape` and `strides` describe memory owned by
+            // `_owner`, which lives as long as `self`; nobody writes it while
+            // a kernel runs (NumPy users who mutate an input during a job get
+            // what NumPy's threads would give them).
+            HeldOperand::Array(a) => Operand::Array(unsafe {
+                ArrayView::from_raw_parts(a.ptr, a.dtype, &a.shape, &a.strides)?
+            }),
+            HeldOperand::Int(i) => Operand::Int(*i),
+            HeldOperand::Float(f) => Operand::Float(*f),
+        })
+    }
+}
+
+struct NumpyApi {
+    asarray: PyObject,
+}
+
+static NUMPY: GILOnceCell<NumpyApi> = GILOnceCell::new();
+
+fn numpy_api(py: Python<'_>) -> PyResult<&NumpyApi> {
+    NUMPY.get_or_try_init(py, || {
+        Ok(NumpyApi {
+            asarray: py.import("numpy")?.getattr("asarray")?.unbind(),
+        })
+    })
+}
+
+fn dtype_of(descr: &Bound<'_, PyArrayDescr>) -> PyResult<DType> {
+    let supported = match (descr.kind(), descr.itemsize()) {
+        (b'f', 4) => Some(DType::Float32),
+        (b'f', 8) => Some(DType::Float64),
+        (b'i', 4) => Some(DType::Int32),
+        (b'i', 8) => Some(DType::Int64),
+        _ => None,
+    };
+    supported.ok_or_else(|| {
+        PyTypeError::new_err(format!(
+            "unsupported dtype {}: Raptors kernels take float32, float64, int32 and int64",
+            descr.str().map(|s| s.to_string()).unwrap_or_default()
+        ))
+    })
+}
+
+/// Reads a NumPy array in place when its memory is aligned and in native
+/// byte order; otherwise makes one native, aligned copy.
+fn hold_ndarray(py: Python<'_>, array: &Bound<'_, PyUntypedArray>) -> PyResult<HeldArray> {
+    let descr = array.dtype();
+    let dtype = dtype_of(&descr)?;
+    // SAFETY: `array` is a live ndarray; reading its flags field is what
+    // NumPy's own PyArray_FLAGS macro does.
+    let flags = unsafe { (*array.as_array_ptr()).flags };
+    let aligned = flags & npyffi::NPY_ARRAY_ALIGNED != 0;
+    if !aligned || descr.is_native_byteorder() == Some(false) {
+        let native = numpy_dtype(py, dtype);
+        let copy = py
+            .import("numpy")?
+            .call_method1("ascontiguousarray", (array, native))?;
+        let copy = copy.downcast::<PyUntypedArray>()?;
+        return hold_ndarray(py, copy);
+    }
+    if array.ndim() > 2 {
+        return Err(errors::kernel_error(
+            py,
+            KernelError::Value(format!(
+                "raptors kernels support arrays of at most 2 dimensions, got {}",
+                array.ndim()
+            )),
+        ));
+    }
+    // SAFETY: as above; `data` is the array's first element.
+    let ptr = unsafe { (*array.as_array_ptr()).data } as *const u8;
+    Ok(HeldArray {
+        _owner: array.clone().into_any().unbind(),
+        ptr,
+        dtype,
+        shape: array.shape().to_vec(),
+        strides: array.strides().to_vec(),
+    })
+}
+
+/// Converts one kernel argument. `wants_rp_array` is set when the argument
+/// is an `rp.Array` (results then come back as `rp.Array`).
+pub fn hold(py: Python<'_>, obj: &Bound<'_, PyAny>, wants_rp_array: &mut bool) -> PyResult<HeldOperand> {
+    if let Ok(array) = obj.downcast::<PyUntypedArray>() {
+        return Ok(HeldOperand::Array(hold_ndarray(py, array)?));
+    }
+    if let Ok(array) = obj.downcast::<Array>() {
+        *wants_rp_array = true;
+        let inner = array.get();
+        let view = inner.inner().view();
+        return Ok(HeldOperand::Array(HeldArray {
+            _owner: array.clone().into_any().unbind(),
+            ptr: inner.data_ptr(),
+            dtype: view.dtype(),
+            shape: view.shape().to_vec(),
+            strides: view.byte_strides().to_vec(),
+        }));
+    }
+    if obj.is_exact_instance_of::<PyFloat>() {
+        return Ok(HeldOperand::Float(obj.extract()?));
+    }
+    if obj.is_instance_of::<PyBool>() {
+        return Ok(HeldOperand::Int(i64::from(obj.extract::<bool>()?)));
+    }
+    if obj.is_exact_instance_of::<PyInt>() {
+        return match obj.extract::<i64>() {
+            Ok(value) => Ok(HeldOperand::Int(value)),
+            Err(_) => Err(PyOverflowError::new_err(format!(
+                "Python integer {obj} out of bounds for int64"
+            ))),
+        };
+    }
+    let converted = numpy_api(py)?.asarray.bind(py).call1((obj,))?;
+    let array = converted.downcast::<PyUntypedArray>().map_err(|_| {
+        PyTypeError::new_err("numpy.asarray did not return an ndarray")
+    })?;
+    Ok(HeldOperand::Array(hold_ndarray(py, array)?))
+}
+
+/// A kernel's result, converted to Python on demand.
+pub struct KernelOutput {
+    pub value: Value,
+    pub as_rp_array: bool,
+}
+
+impl KernelOutput {
+    pub fn into_py(self, py: Python<'_>) -> PyResult<PyObject> {
+        let as_rp_array = self.as_rp_array;
+        match self.value {
+            Value::Scalar(scalar) => scalar_to_py(py, scalar),
+            Value::Array(array) => array_to_py(py, array, as_rp_array),
+            Value::Pair(first, second) => {
+                let first = array_to_py(py, first, as_rp_array)?;
+                let second = array_to_py(py, second, as_rp_array)?;
+                Ok(PyTuple::new(py, [first, second])?.into_any().unbind())
+            }
+        }
+    }
+}
+
+/// A NumPy scalar of the value's dtype (`numpy.float32`, `numpy.int64`, ...).
+pub fn scalar_to_py(py: Python<'_>, scalar: Scalar) -> PyResult<PyObject> {
+    fn make<T: numpy::Element>(py: Python<'_>, mut value: T) -> PyResult<PyObject> {
+        let descr = numpy::dtype::<T>(py);
+        // SAFETY: PyArray_Scalar copies `itemsize` bytes from a live value of
+        // the descriptor's type and returns a new reference (or NULL with an
+        // exception set).
+        unsafe {
+            let ptr = PY_ARRAY_API.PyArray_Scalar(
+                py,
+                (&mut value as *mut T).cast::<c_void>(),
+                descr.as_ptr().cast(),
+                std::ptr::null_mut(),
+            );
+            Bound::from_owned_ptr_or_err(py, ptr).map(Bound::unbind)
+        }
+    }
+    match scalar {
+        Scalar::F32(v) => make(py, v),
+        Scalar::F64(v) => make(py, v),
+        Scalar::I32(v) => make(py, v),
+        Scalar::I64(v) => make(py, v),
+    }
+}
+
+/// Hands a result buffer to NumPy (or wraps it as `rp.Array`) without copying.
+pub fn array_to_py(py: Python<'_>, array: raptors_kernels::Array, as_rp_array: bool) -> PyResult<PyObject> {
+    if as_rp_array {
+        return Ok(Py::new(py, Array::from_kernel(array))?.into_any());
+    }
+    fn wrap<T: numpy::Element>(py: Python<'_>, data: Vec<T>, shape: &[usize]) -> PyResult<PyObject> {
+        let flat = data.into_pyarray(py);
+        if shape.len() == 1 {
+            return Ok(flat.into_any().unbind());
+        }
+        Ok(flat.reshape(shape)?.into_any().unbind())
+    }
+    let shape = array.shape;
+    match array.data {
+        Buffer::F32(v) => wrap(py, v, &shape),
+        Buffer::F64(v) => wrap(py, v, &shape),
+        Buffer::I32(v) => wrap(py, v, &shape),
+        Buffer::I64(v) => wrap(py, v, &shape),
+    }
+}
+
+/// The NumPy dtype object of a Raptors dtype, in native byte order.
+pub fn numpy_dtype(py: Python<'_>, dtype: DType) -> Bound<'_, PyArrayDescr> {
+    match dtype {
+        DType::Float32 => numpy::dtype::<f32>(py),
+        DType::Float64 => numpy::dtype::<f64>(py),
+        DType::Int32 => numpy::dtype::<i32>(py),
+        DType::Int64 => numpy::dtype::<i64>(py),
+    }
+}

@@ -1,0 +1,238 @@
+//! Completion hubs: how finished jobs reach an asyncio event loop.
+//!
+//! One hub per event loop. A hub owns a wake-up file descriptor (an eventfd
+//! on Linux, a pipe elsewhere) registered with `loop.add_reader`, and a
+//! lock-free queue of deliveries. A thread that ends a job pushes the job's
+//! loop-bound callbacks onto the queue and signals the descriptor only when
+//! the hub is not already signalled, so a burst of completions costs the
+//! loop one wake-up and workers one system call per batch rather than one
+//! per job. The loop drains the whole queue on its own thread, where the
+//! callbacks (asyncio Task wake-ups, gather's bookkeeping, ...) must run.
+//!
+//! Invariant: `signalled` is true from the moment a push finds it false
+//! (and writes the descriptor) until the loop thread starts a drain. A push
+//! that races a drain either lands before the drain's `swap(false)` (and is
+//! popped by it) or finds `signalled == false` and wakes the loop again.
+
+use std::cell::RefCell;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crossbeam_queue::SegQueue;
+use parking_lot::Mutex;
+use pyo3::prelude::*;
+use pyo3::sync::GILOnceCell;
+use pyo3::types::PyDict;
+
+use crate::job::{Callback, Job};
+
+/// Callbacks of one job, to be run on the hub's loop.
+pub struct Delivery {
+    pub job: Py<Job>,
+    pub callbacks: Vec<Callback>,
+}
+
+/// The per-loop completion channel. The Python-visible object is what
+/// `loop.add_reader` calls; it drains the queue.
+#[pyclass(frozen, module = "raptors._raptors")]
+pub struct Hub {
+    wake: Waker,
+    signalled: AtomicBool,
+    queue: SegQueue<Delivery>,
+    event_loop: PyObject,
+}
+
+impl Hub {
+    /// Queues `delivery` for the loop and wakes it unless already signalled.
+    /// Callable from any thread, with or without the GIL.
+    pub fn push(&self, delivery: Delivery) {
+        self.queue.push(delivery);
+        if !self.signalled.swap(true, Ordering::AcqRel) {
+            self.wake.signal();
+        }
+    }
+
+    pub fn event_loop(&self) -> &PyObject {
+        &self.event_loop
+    }
+}
+
+#[pymethods]
+impl Hub {
+    /// Drains every queued delivery; called by the loop when the wake-up
+    /// descriptor is readable.
+    fn __call__(&self, py: Python<'_>) {
+        self.wake.clear();
+        self.signalled.store(false, Ordering::Release);
+        while let Some(delivery) = self.queue.pop() {
+            let job = delivery.job.bind(py);
+            for callback in delivery.callbacks {
+                if let Err(err) = callback.invoke(py, job.as_any()) {
+                    report_callback_error(py, &self.event_loop, job.as_any(), err);
+                }
+            }
+        }
+    }
+}
+
+/// Hands a failing callback's exception to the loop's exception handler,
+/// as asyncio does for its own callbacks.
+fn report_callback_error(py: Python<'_>, event_loop: &PyObject, job: &Bound<'_, PyAny>, err: PyErr) {
+    let context = PyDict::new(py);
+    let filled = context
+        .set_item("message", "Exception in callback of a Raptors job")
+        .and_then(|()| context.set_item("exception", err.value(py)))
+        .and_then(|()| context.set_item("future", job));
+    let handled = filled.and_then(|()| {
+        event_loop
+            .call_method1(py, "call_exception_handler", (context,))
+            .map(drop)
+    });
+    if let Err(err) = handled {
+        err.write_unraisable(py, Some(job));
+    }
+}
+
+/// The loop's wake-up descriptor.
+struct Waker {
+    read: OwnedFd,
+    /// `None` for an eventfd, which is read and written through one descriptor.
+    write: Option<OwnedFd>,
+}
+
+impl Waker {
+    fn new() -> std::io::Result<Waker> {
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: plain syscall; the result is checked before use.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+            let read = unsafe { OwnedFd::from_raw_fd(fd) };
+            Ok(Waker { read, write: None })
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let mut fds = [0 as libc::c_int; 2];
+            // SAFETY: `fds` has room for the two descriptors pipe writes.
+            if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            for fd in fds {
+                // SAFETY: fcntl on descriptors we just created.
+                unsafe {
+                    libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK);
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
+            // SAFETY: fresh descriptors owned by nobody else.
+            let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            Ok(Waker { read, write: Some(write) })
+        }
+    }
+
+    fn fd(&self) -> RawFd {
+        self.read.as_raw_fd()
+    }
+
+    fn signal(&self) {
+        let fd = self.write.as_ref().unwrap_or(&self.read).as_raw_fd();
+        let one: u64 = 1;
+        // A failed write means the counter or pipe is already non-empty
+        // (EAGAIN), which wakes the loop just the same.
+        // SAFETY: writes 8 bytes from a live u64.
+        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    }
+
+    fn clear(&self) {
+        let mut buf = [0u8; 64];
+        loop {
+            // SAFETY: reads into a live buffer of the given length.
+            let n = unsafe { libc::read(self.fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            // eventfd: one read resets the counter; pipe: read until empty.
+            if n <= 0 || self.write.is_none() || (n as usize) < buf.len() {
+                break;
+            }
+        }
+    }
+}
+
+/// Hubs of live loops. Each keeps its loop alive; hubs of closed loops are
+/// dropped on the next registration.
+static HUBS: Mutex<Vec<Py<Hub>>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// The hub last used on this thread: the common case is one loop per thread.
+    static LAST: RefCell<Option<Py<Hub>>> = const { RefCell::new(None) };
+}
+
+static GET_RUNNING_LOOP: GILOnceCell<PyObject> = GILOnceCell::new();
+
+/// The running event loop of this thread, if any.
+pub fn running_loop(py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> {
+    let getter = GET_RUNNING_LOOP.get_or_try_init(py, || -> PyResult<PyObject> {
+        Ok(py.import("asyncio")?.getattr("_get_running_loop")?.unbind())
+    })?;
+    let event_loop = getter.bind(py).call0()?;
+    Ok((!event_loop.is_none()).then_some(event_loop))
+}
+
+/// The hub of `event_loop`, created and registered with the loop on first use.
+pub fn hub_for(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Py<Hub>> {
+    let cached = LAST.with_borrow(|last| {
+        last.as_ref()
+            .filter(|hub| hub.get().event_loop.is(event_loop))
+            .map(|hub| hub.clone_ref(py))
+    });
+    if let Some(hub) = cached {
+        return Ok(hub);
+    }
+    let known = HUBS
+        .lock()
+        .iter()
+        .find(|hub| hub.get().event_loop.is(event_loop))
+        .map(|hub| hub.clone_ref(py));
+    let hub = match known {
+        Some(hub) => hub,
+        None => {
+            // Python is never called with HUBS locked: a call may release the GIL.
+            let stale: Vec<Py<Hub>> = HUBS.lock().iter().map(|hub| hub.clone_ref(py)).collect();
+            let closed: Vec<bool> = stale
+                .iter()
+                .map(|hub| loop_is_closed(py, &hub.get().event_loop))
+                .collect();
+            let wake = Waker::new()?;
+            let fd = wake.fd();
+            let hub = Py::new(
+                py,
+                Hub {
+                    wake,
+                    signalled: AtomicBool::new(false),
+                    queue: SegQueue::new(),
+                    event_loop: event_loop.clone().unbind(),
+                },
+            )?;
+            event_loop.call_method1("add_reader", (fd, hub.clone_ref(py)))?;
+            let mut hubs = HUBS.lock();
+            hubs.retain(|hub| {
+                !stale
+                    .iter()
+                    .zip(&closed)
+                    .any(|(old, &is_closed)| is_closed && old.is(hub))
+            });
+            hubs.push(hub.clone_ref(py));
+            hub
+        }
+    };
+    LAST.with_borrow_mut(|last| *last = Some(hub.clone_ref(py)));
+    Ok(hub)
+}
+
+fn loop_is_closed(py: Python<'_>, event_loop: &PyObject) -> bool {
+    event_loop
+        .call_method0(py, "is_closed")
+        .and_then(|closed| closed.is_truthy(py))
+        .unwrap_or(true)
+}

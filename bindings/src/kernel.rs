@@ -1,0 +1,257 @@
+//! `rp.dot`, `rp.sum`, ...: kernel objects. Called directly they compute at
+//! once (GIL released); passed to `submit` they run on a pool worker. Either
+//! way the arguments are bound and checked here, on the caller's thread, so
+//! bad input raises before anything is queued.
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyInt, PyTuple};
+use raptors_kernels::{Exec, KernelError, Op, Operand, Params, Serial};
+
+use crate::convert::{self, HeldOperand, KernelOutput};
+use crate::errors;
+use crate::gil;
+
+#[derive(Clone, Copy)]
+enum KernelKind {
+    Op(Op),
+    /// Panics inside the kernel: lets tests prove a panic becomes an error.
+    TestPanic,
+}
+
+/// Argument names of an operation: the operands, then the named parameters.
+struct Signature {
+    operands: &'static [&'static str],
+    axis: bool,
+    k: bool,
+}
+
+fn signature(op: Op) -> Signature {
+    use Op::*;
+    let (operands, axis, k): (&'static [&'static str], bool, bool) = match op {
+        Dot | Matmul | Add | Subtract | Multiply | Divide => (&["a", "b"], false, false),
+        Sum | Mean | Min | Max | Argmin | Argmax | Norm => (&["a"], true, false),
+        Scale => (&["a", "factor"], false, false),
+        Clip => (&["a", "lo", "hi"], false, false),
+        CosineSimilarity => (&["matrix", "query"], false, false),
+        Topk => (&["values"], false, true),
+    };
+    Signature { operands, axis, k }
+}
+
+/// A kernel call with its arguments converted and checked, ready to run on
+/// any thread.
+pub struct PreparedKernel {
+    kind: KernelKind,
+    operands: Vec<HeldOperand>,
+    params: Params,
+    as_rp_array: bool,
+}
+
+impl PreparedKernel {
+    pub fn elements(&self) -> usize {
+        self.operands.iter().map(HeldOperand::elements).sum()
+    }
+
+    pub fn run(&self, exec: &dyn Exec) -> Result<KernelOutput, KernelError> {
+        let op = match self.kind {
+            KernelKind::Op(op) => op,
+            KernelKind::TestPanic => panic!("the test kernel panicked on purpose"),
+        };
+        let operands = self
+            .operands
+            .iter()
+            .map(HeldOperand::operand)
+            .collect::<Result<Vec<Operand<'_>>, KernelError>>()?;
+        let value = raptors_kernels::run(op, &operands, &self.params, exec)?;
+        Ok(KernelOutput {
+            value,
+            as_rp_array: self.as_rp_array,
+        })
+    }
+}
+
+#[pyclass(frozen, module = "raptors", name = "Kernel")]
+pub struct Kernel {
+    kind: KernelKind,
+    name: &'static str,
+}
+
+impl Kernel {
+    pub fn new(op: Op) -> Kernel {
+        Kernel {
+            kind: KernelKind::Op(op),
+            name: op.name(),
+        }
+    }
+
+    pub fn test_panic() -> Kernel {
+        Kernel {
+            kind: KernelKind::TestPanic,
+            name: "_test_panic_kernel",
+        }
+    }
+
+    /// Binds and checks the call's arguments (NumPy's errors, before queueing).
+    pub fn prepare(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<PreparedKernel> {
+        let op = match self.kind {
+            KernelKind::Op(op) => op,
+            KernelKind::TestPanic => {
+                return Ok(PreparedKernel {
+                    kind: self.kind,
+                    operands: Vec::new(),
+                    params: Params::default(),
+                    as_rp_array: false,
+                })
+            }
+        };
+        let sig = signature(op);
+        let mut names: Vec<&'static str> = sig.operands.to_vec();
+        if sig.k {
+            names.push("k");
+        }
+        if sig.axis {
+            names.push("axis");
+        }
+        let bound = bind_arguments(self.name, &names, sig.operands.len() + usize::from(sig.k), args, kwargs)?;
+        let mut as_rp_array = false;
+        let mut operands = Vec::with_capacity(sig.operands.len());
+        for value in &bound[..sig.operands.len()] {
+            let value = value.as_ref().expect("required operands are bound");
+            operands.push(convert::hold(py, value, &mut as_rp_array)?);
+        }
+        let mut params = Params::default();
+        let mut rest = bound[sig.operands.len()..].iter();
+        if sig.k {
+            let k = rest.next().and_then(Option::as_ref).expect("k is required");
+            params.k = Some(non_negative_int(k, "k")?);
+        }
+        if sig.axis {
+            if let Some(axis) = rest.next().and_then(Option::as_ref).filter(|a| !a.is_none()) {
+                params.axis = Some(integer(axis, "axis")?);
+            }
+        }
+        {
+            let views = operands
+                .iter()
+                .map(HeldOperand::operand)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|err| errors::kernel_error(py, err))?;
+            raptors_kernels::check(op, &views, &params).map_err(|err| errors::kernel_error(py, err))?;
+        }
+        Ok(PreparedKernel {
+            kind: self.kind,
+            operands,
+            params,
+            as_rp_array,
+        })
+    }
+}
+
+fn integer(value: &Bound<'_, PyAny>, argument: &str) -> PyResult<isize> {
+    if value.is_instance_of::<PyBool>() {
+        return Err(PyTypeError::new_err(format!("{argument} must be an integer, not bool")));
+    }
+    // numpy integers implement __index__; floats do not.
+    let index = value.call_method0("__index__").map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{argument} must be an integer, not {}",
+            value.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+        ))
+    })?;
+    index.extract::<isize>()
+}
+
+fn non_negative_int(value: &Bound<'_, PyAny>, argument: &str) -> PyResult<usize> {
+    let n = if value.is_exact_instance_of::<PyInt>() {
+        value.extract::<isize>()?
+    } else {
+        integer(value, argument)?
+    };
+    usize::try_from(n).map_err(|_| PyValueError::new_err(format!("{argument} must be >= 1, got {n}")))
+}
+
+/// Python's argument binding for `name(*names)`, the first `required` of
+/// which must be given.
+fn bind_arguments<'py>(
+    name: &str,
+    names: &[&'static str],
+    required: usize,
+    args: &Bound<'py, PyTuple>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Vec<Option<Bound<'py, PyAny>>>> {
+    if args.len() > names.len() {
+        return Err(PyTypeError::new_err(format!(
+            "{name}() takes at most {} positional arguments ({} given)",
+            names.len(),
+            args.len()
+        )));
+    }
+    let mut bound: Vec<Option<Bound<'py, PyAny>>> = vec![None; names.len()];
+    for (slot, value) in bound.iter_mut().zip(args.iter()) {
+        *slot = Some(value);
+    }
+    if let Some(kwargs) = kwargs {
+        for (key, value) in kwargs.iter() {
+            let key: String = key.extract()?;
+            let Some(position) = names.iter().position(|n| *n == key) else {
+                return Err(PyTypeError::new_err(format!(
+                    "{name}() got an unexpected keyword argument '{key}'"
+                )));
+            };
+            if bound[position].is_some() {
+                return Err(PyTypeError::new_err(format!(
+                    "{name}() got multiple values for argument '{key}'"
+                )));
+            }
+            bound[position] = Some(value);
+        }
+    }
+    if let Some(missing) = (0..required).find(|&i| bound[i].is_none()) {
+        return Err(PyTypeError::new_err(format!(
+            "{name}() missing required argument '{}'",
+            names[missing]
+        )));
+    }
+    Ok(bound)
+}
+
+#[pymethods]
+impl Kernel {
+    /// Computes now, on the calling thread, with the GIL released for inputs
+    /// large enough to be worth it.
+    #[pyo3(signature = (*args, **kwargs))]
+    fn __call__(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<PyObject> {
+        let prepared = self.prepare(py, args, kwargs)?;
+        let output = gil::release(py, prepared.elements(), || prepared.run(&Serial));
+        output.map_err(|err| errors::kernel_error(py, err))?.into_py(py)
+    }
+
+    #[getter]
+    fn __name__(&self) -> &'static str {
+        self.name
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<raptors kernel {}>", self.name)
+    }
+}
+
+/// Adds every kernel (and the test-only panicking one) to the module.
+pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    for op in Op::ALL {
+        module.add(op.name(), Kernel::new(op))?;
+    }
+    module.add("_test_panic_kernel", Kernel::test_panic())?;
+    Ok(())
+}

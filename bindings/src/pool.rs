@@ -1,0 +1,247 @@
+//! `PoolCore`: the native half of `rp.Pool`. The Python class adds the
+//! `concurrent.futures.Executor` surface, the name registry and context
+//! managers; everything on the hot path (`submit`) is here.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyInt, PyString, PyTuple};
+use raptors_runtime::{Pool, PoolConfig, SubmitOptions};
+
+use crate::errors;
+use crate::gil;
+use crate::job::Job;
+use crate::kernel::Kernel;
+use crate::stats::PoolStats;
+use crate::task;
+use crate::token::CancelToken;
+
+static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
+
+#[pyclass(subclass, frozen, module = "raptors._raptors")]
+pub struct PoolCore {
+    pool: Pool,
+    name: Arc<str>,
+    id: u64,
+}
+
+/// An `int` argument that is not a `bool`, with errors naming the argument.
+fn int_argument(value: &Bound<'_, PyAny>, argument: &str) -> PyResult<i64> {
+    if value.is_instance_of::<PyBool>() || !value.is_instance_of::<PyInt>() {
+        return Err(PyTypeError::new_err(format!(
+            "{argument} must be an int, not {}",
+            value.get_type().name()?
+        )));
+    }
+    value.extract::<i64>().map_err(|_| PyValueError::new_err(format!("{argument} is out of range")))
+}
+
+fn positive(value: i64, argument: &str) -> PyResult<usize> {
+    if value < 1 {
+        return Err(PyValueError::new_err(format!("{argument} must be >= 1, got {value}")));
+    }
+    usize::try_from(value).map_err(|_| PyValueError::new_err(format!("{argument} is out of range")))
+}
+
+/// `threads=None`: `RAPTORS_THREADS` when set, else the usable cores.
+fn default_threads() -> PyResult<usize> {
+    match std::env::var("RAPTORS_THREADS") {
+        Ok(text) => match text.trim().parse::<i64>() {
+            Ok(n) => positive(n, "RAPTORS_THREADS"),
+            Err(_) => Err(PyValueError::new_err(format!(
+                "RAPTORS_THREADS must be an integer >= 1, got {text:?}"
+            ))),
+        },
+        Err(_) => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    }
+}
+
+/// Seconds from now to an `Instant`, for `timeout=`.
+fn deadline_after(timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Instant>> {
+    let Some(timeout) = timeout.filter(|t| !t.is_none()) else {
+        return Ok(None);
+    };
+    if timeout.is_instance_of::<PyBool>() {
+        return Err(PyTypeError::new_err("timeout must be a number of seconds, not bool"));
+    }
+    let seconds: f64 = timeout.extract().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "timeout must be a number of seconds, not {}",
+            timeout.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+        ))
+    })?;
+    if seconds.is_nan() || seconds < 0.0 {
+        return Err(PyValueError::new_err(format!(
+            "timeout must be a non-negative number of seconds, got {seconds}"
+        )));
+    }
+    Ok(Some(Instant::now() + Duration::from_secs_f64(seconds.min(1e9))))
+}
+
+impl PoolCore {
+    pub fn runtime_pool(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+#[pymethods]
+impl PoolCore {
+    #[new]
+    #[pyo3(signature = (name, threads=None, queue=None))]
+    fn new(
+        name: &Bound<'_, PyAny>,
+        threads: Option<&Bound<'_, PyAny>>,
+        queue: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let name: String = name
+            .downcast::<PyString>()
+            .map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "name must be a str, not {}",
+                    name.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                ))
+            })?
+            .to_str()?
+            .to_owned();
+        if name.is_empty() {
+            return Err(PyValueError::new_err("name must be a non-empty string"));
+        }
+        let threads = match threads.filter(|t| !t.is_none()) {
+            Some(t) => positive(int_argument(t, "threads")?, "threads")?,
+            None => default_threads()?,
+        };
+        let queue = match queue.filter(|q| !q.is_none()) {
+            Some(q) => positive(int_argument(q, "queue")?, "queue")?,
+            None => 1024,
+        };
+        let id = NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed);
+        let mut config = PoolConfig::new(name.clone(), threads, queue);
+        config.on_thread_start = Some(Arc::new(move |_index| gil::worker_started(id)));
+        config.on_thread_stop = Some(Arc::new(|_index| gil::worker_stopping()));
+        let pool = Pool::new(config).map_err(|err| PyValueError::new_err(err.to_string()))?;
+        Ok(PoolCore {
+            pool,
+            name: name.into(),
+            id,
+        })
+    }
+
+    #[getter]
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    #[getter]
+    fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+
+    #[getter]
+    fn queue_capacity(&self) -> usize {
+        self.pool.queue_capacity()
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.pool.is_closed()
+    }
+
+    /// Submits `fn(*args, **kwargs)`; returns an `rp.Job` at once, or raises
+    /// `QueueFull` / `PoolClosed`. Never blocks.
+    #[pyo3(signature = (func, /, *args, priority=None, token=None, timeout=None, **kwargs))]
+    fn submit(
+        &self,
+        py: Python<'_>,
+        func: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        priority: Option<&Bound<'_, PyAny>>,
+        token: Option<&Bound<'_, PyAny>>,
+        timeout: Option<&Bound<'_, PyAny>>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<Job>> {
+        let priority = match priority {
+            Some(p) => int_argument(p, "priority")?,
+            None => 0,
+        };
+        let token = match token.filter(|t| !t.is_none()) {
+            Some(token) => Some(
+                token
+                    .downcast::<CancelToken>()
+                    .map_err(|_| PyTypeError::new_err("token must be an rp.CancelToken"))?
+                    .get()
+                    .runtime_token()
+                    .clone(),
+            ),
+            None => None,
+        };
+        let options = SubmitOptions {
+            priority,
+            deadline: deadline_after(timeout)?,
+            token,
+        };
+        let submitted = if let Ok(kernel) = func.downcast::<Kernel>() {
+            let prepared = kernel.get().prepare(py, args, kwargs)?;
+            self.pool.submit(options, task::kernel_call(prepared))
+        } else {
+            if !func.is_callable() {
+                return Err(PyTypeError::new_err(format!(
+                    "fn must be callable, not {}",
+                    func.get_type().name()?
+                )));
+            }
+            let call = task::python_call(
+                func.clone().unbind(),
+                args.clone().unbind(),
+                kwargs.map(|k| k.clone().unbind()),
+            );
+            self.pool.submit(options, call)
+        };
+        let handle = submitted.map_err(|err| errors::submit_error(py, &err))?;
+        Job::create(py, handle, Arc::clone(&self.name))
+    }
+
+    /// A consistent snapshot of the pool's counters and timings.
+    fn stats(&self) -> PoolStats {
+        PoolStats::from(self.pool.stats())
+    }
+
+    /// Stops accepting jobs; with `cancel_pending`, cancels every queued job.
+    #[pyo3(signature = (cancel_pending=false))]
+    fn _close(&self, cancel_pending: bool) {
+        self.pool.close(cancel_pending);
+    }
+
+    /// Waits (GIL released, Ctrl-C honoured) until every accepted job ended
+    /// and every worker exited. True if so before `timeout`.
+    #[pyo3(signature = (timeout=None))]
+    fn _join(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        if gil::is_worker_of(self.id) {
+            return Err(PyRuntimeError::new_err(format!(
+                "a job cannot wait for its own pool '{}' to finish: it would wait for itself",
+                self.name
+            )));
+        }
+        let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.clamp(0.0, 1e9)));
+        loop {
+            let slice = deadline.map_or(Duration::from_millis(50), |d| {
+                d.saturating_duration_since(Instant::now()).min(Duration::from_millis(50))
+            });
+            let pool = &self.pool;
+            if py.allow_threads(|| pool.join(Some(slice))) {
+                return Ok(true);
+            }
+            py.check_signals()?;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Whether the calling thread is one of this pool's workers.
+    fn _is_worker_thread(&self) -> bool {
+        gil::is_worker_of(self.id)
+    }
+}

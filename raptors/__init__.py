@@ -1,0 +1,87 @@
+"""Raptors: bounded, prioritised, observable native compute pools for async
+Python services.
+
+    import raptors as rp
+    pool = rp.Pool("scoring", threads=4, queue=64)
+    scores = await pool.submit(rp.cosine_similarity, matrix, q, priority=5)
+    pool.stats()
+
+See docs/guide.md for pools, priorities, cancellation, deadlines and stats.
+"""
+
+from __future__ import annotations
+
+from ._array import arange, array, asarray, ones, zeros
+from ._pool import Pool, default_pool, get_pool, pools, stats, submit
+from ._raptors import (
+    Array,
+    CancelToken,
+    DeadlineExceeded,
+    Job,
+    JobCancelled,
+    Kernel,
+    PoolClosed,
+    PoolStats,
+    QueueFull,
+    RaptorsError,
+    __version__,
+    argmax,
+    argmin,
+    clip,
+    cosine_similarity,
+    divide,
+    dot,
+    matmul,
+    max,
+    mean,
+    min,
+    multiply,
+    norm,
+    scale,
+    subtract,
+    sum,
+    topk,
+    add,
+)
+
+__all__ = [
+    "Array",
+    "CancelToken",
+    "DeadlineExceeded",
+    "Job",
+    "JobCancelled",
+    "Kernel",
+    "Pool",
+    "PoolClosed",
+    "PoolStats",
+    "QueueFull",
+    "RaptorsError",
+    "__version__",
+    "add",
+    "arange",
+    "argmax",
+    "argmin",
+    "array",
+    "asarray",
+    "clip",
+    "cosine_similarity",
+    "default_pool",
+    "divide",
+    "dot",
+    "get_pool",
+    "matmul",
+    "max",
+    "mean",
+    "min",
+    "multiply",
+    "norm",
+    "ones",
+    "pools",
+    "scale",
+    "stats",
+    "submit",
+    "subtract",
+    "sum",
+    "topk",
+    "zeros",
+]

@@ -1,0 +1,191 @@
+"""`rp.Pool`: the Python face of a native worker pool.
+
+The native base class (`PoolCore`) owns the threads, the bounded priority
+queue and `submit`; this class adds what Python users expect around it: the
+`concurrent.futures.Executor` surface, the registry of open pools by name,
+context managers, and closing every pool when the interpreter exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from . import _raptors
+from ._raptors import Job, PoolCore, PoolStats, QueueFull
+
+__all__ = ["Pool", "get_pool", "pools", "stats", "submit", "default_pool"]
+
+_registry_lock = threading.RLock()
+_registry: dict[str, Pool] = {}
+_DEFAULT_NAME = "default"
+
+
+class Pool(PoolCore, concurrent.futures.Executor):
+    """A named pool of native worker threads with a bounded priority queue.
+
+    ``Pool(name, threads=None, queue=1024)``: ``threads`` workers (``None``:
+    ``RAPTORS_THREADS`` or the usable cores) and at most ``queue`` jobs
+    waiting. ``submit`` raises ``QueueFull`` at once when every worker is busy
+    and the queue is full.
+    """
+
+    def __new__(cls, name: str, threads: int | None = None, queue: int = 1024) -> Pool:
+        with _registry_lock:
+            if isinstance(name, str) and name in _registry:
+                raise ValueError(f"a pool named {name!r} is already open")
+            self = super().__new__(cls, name, threads, queue)
+            _registry[name] = self
+            return self
+
+    def __init__(self, name: str, threads: int | None = None, queue: int = 1024) -> None:
+        # Everything happens in __new__, under the registry lock.
+        pass
+
+    def close(self, wait: bool = True, cancel_pending: bool = False) -> None:
+        """Stops accepting jobs. Queued jobs still run unless ``cancel_pending``;
+        with ``wait``, returns once every job that will run has finished."""
+        self._close(cancel_pending)
+        with _registry_lock:
+            if _registry.get(self.name) is self:
+                del _registry[self.name]
+        if wait:
+            self._join(None)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """`concurrent.futures.Executor.shutdown`: ``close(wait, cancel_futures)``."""
+        self.close(wait=wait, cancel_pending=cancel_futures)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Waits until every accepted job has ended and every worker exited."""
+        return self._join(timeout)
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[Any]:
+        """`Executor.map`, feeding the pool as slots free: while the queue is
+        full the caller blocks instead of getting ``QueueFull`` part-way."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        jobs: list[Job] = []
+        for args in zip(*iterables):
+            while True:
+                try:
+                    jobs.append(self.submit(fn, *args))
+                    break
+                except QueueFull:
+                    _wait_for_a_slot(jobs)
+
+        def results() -> Iterator[Any]:
+            try:
+                jobs.reverse()
+                while jobs:
+                    job = jobs.pop()
+                    if deadline is None:
+                        yield job.result()
+                    else:
+                        yield job.result(max(0.0, deadline - time.monotonic()))
+            finally:
+                for job in jobs:
+                    job.cancel()
+
+        return results()
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close(wait=True)
+
+    async def __aenter__(self) -> Pool:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close(wait=False)
+        import asyncio
+
+        await asyncio.get_running_loop().run_in_executor(None, self._join, None)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return (
+            f"<raptors.Pool {self.name!r} threads={self.threads} "
+            f"queue={self.queue_capacity} {state}>"
+        )
+
+
+def _wait_for_a_slot(jobs: list[Job]) -> None:
+    """Blocks until one of ``jobs`` ends (a queue slot frees as it starts)."""
+    pending = [job for job in jobs if not job.done()]
+    if pending:
+        concurrent.futures.wait(pending, timeout=0.05, return_when="FIRST_COMPLETED")
+    else:
+        time.sleep(0.0005)
+
+
+def default_pool() -> Pool:
+    """The pool named ``"default"`` (``threads=None``), created on first use."""
+    with _registry_lock:
+        pool = _registry.get(_DEFAULT_NAME)
+        if pool is None:
+            pool = Pool(_DEFAULT_NAME)
+        return pool
+
+
+def get_pool(name: str) -> Pool:
+    """The open pool called ``name``; ``KeyError`` if there is none."""
+    with _registry_lock:
+        try:
+            return _registry[name]
+        except KeyError:
+            raise KeyError(f"no open pool named {name!r}") from None
+
+
+def pools() -> list[Pool]:
+    """Every open pool."""
+    with _registry_lock:
+        return list(_registry.values())
+
+
+def stats() -> dict[str, PoolStats]:
+    """``{name: pool.stats()}`` for every open pool."""
+    return {pool.name: pool.stats() for pool in pools()}
+
+
+def submit(
+    fn: Callable[..., Any],
+    /,
+    *args: Any,
+    pool: Pool | str | None = None,
+    priority: int = 0,
+    token: _raptors.CancelToken | None = None,
+    timeout: float | None = None,
+    **kwargs: Any,
+) -> Job:
+    """Submits ``fn(*args, **kwargs)`` to ``pool`` (a Pool, a pool name, or the
+    default pool)."""
+    if pool is None:
+        target = default_pool()
+    elif isinstance(pool, str):
+        target = get_pool(pool)
+    elif isinstance(pool, PoolCore):
+        target = pool
+    else:
+        raise TypeError(f"pool must be a Pool, a pool name or None, not {type(pool).__name__}")
+    return target.submit(fn, *args, priority=priority, token=token, timeout=timeout, **kwargs)
+
+
+@atexit.register
+def _close_all_pools() -> None:
+    # Workers take the GIL to run Python jobs: they must be done before the
+    # interpreter finalises. Queued jobs still run, as ThreadPoolExecutor's do.
+    for pool in pools():
+        pool.close(wait=True)
+    _raptors._interpreter_exiting()
