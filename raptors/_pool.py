@@ -12,6 +12,7 @@ import atexit
 import concurrent.futures
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -35,6 +36,9 @@ class Pool(PoolCore, concurrent.futures.Executor):
     """
 
     def __new__(cls, name: str, threads: int | None = None, queue: int = 1024) -> Pool:
+        if queue is None:
+            # PoolCore reads None as "default"; the public API has no such value.
+            raise TypeError("queue must be an int, not NoneType")
         with _registry_lock:
             if isinstance(name, str) and name in _registry:
                 raise ValueError(f"a pool named {name!r} is already open")
@@ -74,14 +78,28 @@ class Pool(PoolCore, concurrent.futures.Executor):
         """`Executor.map`, feeding the pool as slots free: while the queue is
         full the caller blocks instead of getting ``QueueFull`` part-way."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        # Keep at most threads + queue of our jobs unfinished, so that waiting
+        # for a slot is not a stream of refused submits (each counted in
+        # `rejected`); QueueFull still means waiting when others fill the pool.
+        window = self.threads + self.queue_capacity
         jobs: list[Job] = []
+        unfinished: deque[Job] = deque()
         for args in zip(*iterables):
             while True:
+                while unfinished and unfinished[0].done():
+                    unfinished.popleft()
+                if len(unfinished) >= window or (not self.closed and not self._has_room()):
+                    _wait_for_a_slot(unfinished)
+                    unfinished = deque(job for job in unfinished if not job.done())
+                    continue
                 try:
-                    jobs.append(self.submit(fn, *args))
-                    break
+                    job = self.submit(fn, *args)
                 except QueueFull:
-                    _wait_for_a_slot(jobs)
+                    _wait_for_a_slot(unfinished)
+                    continue
+                jobs.append(job)
+                unfinished.append(job)
+                break
 
         def results() -> Iterator[Any]:
             try:
@@ -121,7 +139,7 @@ class Pool(PoolCore, concurrent.futures.Executor):
         )
 
 
-def _wait_for_a_slot(jobs: list[Job]) -> None:
+def _wait_for_a_slot(jobs: Iterable[Job]) -> None:
     """Blocks until one of ``jobs`` ends (a queue slot frees as it starts)."""
     pending = [job for job in jobs if not job.done()]
     if pending:

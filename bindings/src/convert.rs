@@ -18,7 +18,7 @@ use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyBool, PyFloat, PyInt, PyTuple};
-use raptors_kernels::{ArrayView, Buffer, DType, KernelError, Operand, Scalar, Value};
+use raptors_kernels::{ArrayView, Buffer, DType, KernelError, Operand, Scalar, Value, MAX_NDIM};
 
 use crate::array::Array;
 use crate::errors;
@@ -30,8 +30,26 @@ pub struct HeldArray {
     _owner: PyObject,
     ptr: *const u8,
     dtype: DType,
-    shape: Vec<usize>,
-    strides: Vec<isize>,
+    ndim: usize,
+    shape: [usize; MAX_NDIM],
+    strides: [isize; MAX_NDIM],
+}
+
+impl HeldArray {
+    fn new(owner: PyObject, ptr: *const u8, dtype: DType, shape: &[usize], strides: &[isize]) -> HeldArray {
+        debug_assert!(shape.len() <= MAX_NDIM && strides.len() == shape.len());
+        let mut held = HeldArray {
+            _owner: owner,
+            ptr,
+            dtype,
+            ndim: shape.len(),
+            shape: [0; MAX_NDIM],
+            strides: [0; MAX_NDIM],
+        };
+        held.shape[..shape.len()].copy_from_slice(shape);
+        held.strides[..strides.len()].copy_from_slice(strides);
+        held
+    }
 }
 
 // SAFETY: the pointer targets memory owned by `_owner`, which this value keeps
@@ -49,7 +67,7 @@ pub enum HeldOperand {
 impl HeldOperand {
     pub fn elements(&self) -> usize {
         match self {
-            HeldOperand::Array(a) => a.shape.iter().product(),
+            HeldOperand::Array(a) => a.shape[..a.ndim].iter().product(),
             _ => 1,
         }
     }
@@ -62,7 +80,7 @@ impl HeldOperand {
             // a kernel runs (NumPy users who mutate an input during a job get
             // what NumPy's threads would give them).
             HeldOperand::Array(a) => Operand::Array(unsafe {
-                ArrayView::from_raw_parts(a.ptr, a.dtype, &a.shape, &a.strides)?
+                ArrayView::from_raw_parts(a.ptr, a.dtype, &a.shape[..a.ndim], &a.strides[..a.ndim])?
             }),
             HeldOperand::Int(i) => Operand::Int(*i),
             HeldOperand::Float(f) => Operand::Float(*f),
@@ -117,24 +135,24 @@ fn hold_ndarray(py: Python<'_>, array: &Bound<'_, PyUntypedArray>) -> PyResult<H
         let copy = copy.downcast::<PyUntypedArray>()?;
         return hold_ndarray(py, copy);
     }
-    if array.ndim() > 2 {
+    if array.ndim() > MAX_NDIM {
         return Err(errors::kernel_error(
             py,
             KernelError::Value(format!(
-                "raptors kernels support arrays of at most 2 dimensions, got {}",
+                "raptors kernels support arrays of at most {MAX_NDIM} dimensions, got {}",
                 array.ndim()
             )),
         ));
     }
     // SAFETY: as above; `data` is the array's first element.
     let ptr = unsafe { (*array.as_array_ptr()).data } as *const u8;
-    Ok(HeldArray {
-        _owner: array.clone().into_any().unbind(),
+    Ok(HeldArray::new(
+        array.clone().into_any().unbind(),
         ptr,
         dtype,
-        shape: array.shape().to_vec(),
-        strides: array.strides().to_vec(),
-    })
+        array.shape(),
+        array.strides(),
+    ))
 }
 
 /// Converts one kernel argument. `wants_rp_array` is set when the argument
@@ -147,13 +165,13 @@ pub fn hold(py: Python<'_>, obj: &Bound<'_, PyAny>, wants_rp_array: &mut bool) -
         *wants_rp_array = true;
         let inner = array.get();
         let view = inner.inner().view();
-        return Ok(HeldOperand::Array(HeldArray {
-            _owner: array.clone().into_any().unbind(),
-            ptr: inner.data_ptr(),
-            dtype: view.dtype(),
-            shape: view.shape().to_vec(),
-            strides: view.byte_strides().to_vec(),
-        }));
+        return Ok(HeldOperand::Array(HeldArray::new(
+            array.clone().into_any().unbind(),
+            inner.data_ptr(),
+            view.dtype(),
+            view.shape(),
+            view.byte_strides(),
+        )));
     }
     if obj.is_exact_instance_of::<PyFloat>() {
         return Ok(HeldOperand::Float(obj.extract()?));
@@ -180,11 +198,16 @@ pub fn hold(py: Python<'_>, obj: &Bound<'_, PyAny>, wants_rp_array: &mut bool) -
 pub struct KernelOutput {
     pub value: Value,
     pub as_rp_array: bool,
+    /// The call's inputs, carried to the thread that converts the result so
+    /// that their references are dropped there, with the GIL, rather than
+    /// queued for later from the worker.
+    pub inputs: Vec<HeldOperand>,
 }
 
 impl KernelOutput {
     pub fn into_py(self, py: Python<'_>) -> PyResult<PyObject> {
         let as_rp_array = self.as_rp_array;
+        drop(self.inputs);
         match self.value {
             Value::Scalar(scalar) => scalar_to_py(py, scalar),
             Value::Array(array) => array_to_py(py, array, as_rp_array),

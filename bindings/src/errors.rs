@@ -131,6 +131,11 @@ pub fn job_cancelled(py: Python<'_>, message: String) -> PyErr {
     PyErr::from_value(instantiate(py, &hierarchy(py).job_cancelled, message))
 }
 
+/// The `JobCancelled` class.
+pub fn job_cancelled_type(py: Python<'_>) -> Bound<'_, PyType> {
+    hierarchy(py).job_cancelled.bind(py).clone()
+}
+
 /// The exception object an expired job raises.
 pub fn deadline_exceeded(py: Python<'_>, message: String) -> PyErr {
     PyErr::from_value(instantiate(py, &hierarchy(py).deadline_exceeded, message))

@@ -259,6 +259,14 @@ impl Job {
         errors::job_cancelled(py, message)
     }
 
+    /// A plain `asyncio.CancelledError`: what `await` raises for a cancelled
+    /// job. asyncio compares the type exactly (`asyncio.timeout` turns only
+    /// that type into `TimeoutError`), so the dual `JobCancelled` won't do.
+    fn asyncio_cancelled_error(&self, py: Python<'_>) -> PyErr {
+        let message = self.cancelled_error(py).value(py).str().map(|s| s.to_string()).unwrap_or_default();
+        pyo3::exceptions::asyncio::CancelledError::new_err(message)
+    }
+
     /// The result, or the job's exception raised.
     fn outcome_result(&self, py: Python<'_>) -> PyResult<PyObject> {
         match self.settled(py) {
@@ -473,9 +481,17 @@ impl Job {
     }
 
     /// asyncio's marker for future-like objects (see `asyncio.isfuture`).
+    /// `None` outside a running loop: there, asyncio (`run_until_complete`,
+    /// `ensure_future(job, loop=...)`) wraps the job in a Task on the loop it
+    /// is given, since the job cannot know that loop before it runs.
     #[getter(_asyncio_future_blocking)]
-    fn asyncio_future_blocking(&self) -> bool {
-        self.blocking.load(Ordering::Relaxed)
+    fn asyncio_future_blocking(&self, py: Python<'_>) -> PyResult<Option<bool>> {
+        let blocking = self.blocking.load(Ordering::Relaxed);
+        if blocking || hub::running_loop(py)?.is_some() {
+            Ok(Some(blocking))
+        } else {
+            Ok(None)
+        }
     }
 
     #[setter(_asyncio_future_blocking)]
@@ -485,7 +501,7 @@ impl Job {
 
     /// What `asyncio.gather` raises for a cancelled child.
     fn _make_cancelled_error(&self, py: Python<'_>) -> PyObject {
-        self.cancelled_error(py).into_value(py).into_any()
+        self.asyncio_cancelled_error(py).into_value(py).into_any()
     }
 
     /// `concurrent.futures` internals, for `wait` and `as_completed`.
@@ -531,6 +547,9 @@ impl JobAwait {
     fn __next__(&mut self, py: Python<'_>) -> PyResult<PyObject> {
         let job = self.job.get();
         if job.is_done() {
+            if job.handle.status() == JobStatus::Cancelled {
+                return Err(job.asyncio_cancelled_error(py));
+            }
             let value = job.outcome_result(py)?;
             return Err(PyStopIteration::new_err((value,)));
         }
@@ -540,5 +559,33 @@ impl JobAwait {
             return Ok(self.job.clone_ref(py).into_any());
         }
         Err(PyRuntimeError::new_err("await wasn't used with future"))
+    }
+
+    /// Receives what the awaiting Task throws in: the exception `job.result()`
+    /// raised when it woke, or a cancellation. A cancelled job surfaces as a
+    /// plain `asyncio.CancelledError`; anything else passes through unchanged.
+    #[pyo3(signature = (typ, val=None, tb=None))]
+    fn throw(
+        &mut self,
+        py: Python<'_>,
+        typ: &Bound<'_, PyAny>,
+        val: Option<&Bound<'_, PyAny>>,
+        tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyObject> {
+        let exc = match val.filter(|v| !v.is_none()) {
+            Some(val) => val.clone(),
+            None if typ.is_instance_of::<pyo3::exceptions::PyBaseException>() => typ.clone(),
+            None => typ.call0()?,
+        };
+        if let Some(tb) = tb.filter(|t| !t.is_none()) {
+            exc.call_method1("with_traceback", (tb,))?;
+        }
+        let job = self.job.get();
+        if job.handle.status() == JobStatus::Cancelled
+            && exc.is_instance(&errors::job_cancelled_type(py))?
+        {
+            return Err(job.asyncio_cancelled_error(py));
+        }
+        Err(PyErr::from_value(exc))
     }
 }

@@ -7,6 +7,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyInt, PyTuple};
 use raptors_kernels::{Exec, KernelError, Op, Operand, Params, Serial};
+use smallvec::SmallVec;
 
 use crate::convert::{self, HeldOperand, KernelOutput};
 use crate::errors;
@@ -53,20 +54,17 @@ impl PreparedKernel {
         self.operands.iter().map(HeldOperand::elements).sum()
     }
 
-    pub fn run(&self, exec: &dyn Exec) -> Result<KernelOutput, KernelError> {
+    /// Runs the kernel; the output carries the inputs back (see [`KernelOutput`]).
+    pub fn run(self, exec: &dyn Exec) -> Result<KernelOutput, KernelError> {
         let op = match self.kind {
             KernelKind::Op(op) => op,
             KernelKind::TestPanic => panic!("the test kernel panicked on purpose"),
         };
-        let operands = self
-            .operands
-            .iter()
-            .map(HeldOperand::operand)
-            .collect::<Result<Vec<Operand<'_>>, KernelError>>()?;
-        let value = raptors_kernels::run(op, &operands, &self.params, exec)?;
+        let value = raptors_kernels::run(op, &views(&self.operands)?, &self.params, exec)?;
         Ok(KernelOutput {
             value,
             as_rp_array: self.as_rp_array,
+            inputs: self.operands,
         })
     }
 }
@@ -136,14 +134,9 @@ impl Kernel {
                 params.axis = Some(integer(axis, "axis")?);
             }
         }
-        {
-            let views = operands
-                .iter()
-                .map(HeldOperand::operand)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|err| errors::kernel_error(py, err))?;
-            raptors_kernels::check(op, &views, &params).map_err(|err| errors::kernel_error(py, err))?;
-        }
+        views(&operands)
+            .and_then(|views| raptors_kernels::check(op, &views, &params))
+            .map_err(|err| errors::kernel_error(py, err))?;
         Ok(PreparedKernel {
             kind: self.kind,
             operands,
@@ -151,6 +144,11 @@ impl Kernel {
             as_rp_array,
         })
     }
+}
+
+/// The kernels' views of held operands (at most three: no heap allocation).
+fn views(operands: &[HeldOperand]) -> Result<SmallVec<[Operand<'_>; 3]>, KernelError> {
+    operands.iter().map(HeldOperand::operand).collect()
 }
 
 fn integer(value: &Bound<'_, PyAny>, argument: &str) -> PyResult<isize> {
@@ -233,7 +231,8 @@ impl Kernel {
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<PyObject> {
         let prepared = self.prepare(py, args, kwargs)?;
-        let output = gil::release(py, prepared.elements(), || prepared.run(&Serial));
+        let elements = prepared.elements();
+        let output = gil::release(py, elements, || prepared.run(&Serial));
         output.map_err(|err| errors::kernel_error(py, err))?.into_py(py)
     }
 

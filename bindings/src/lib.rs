@@ -24,6 +24,11 @@ mod token;
 
 use pyo3::prelude::*;
 
+/// Jobs are allocated on the submitting thread and freed on a worker; glibc's
+/// allocator serialises that pattern, mimalloc's per-thread heaps do not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Called by the package's `atexit` hook once every pool has been closed.
 #[pyfunction]
 fn _interpreter_exiting() {

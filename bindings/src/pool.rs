@@ -240,6 +240,11 @@ impl PoolCore {
         }
     }
 
+    /// Whether a submit now would be accepted (a hint for `map`).
+    fn _has_room(&self) -> bool {
+        self.pool.has_room()
+    }
+
     /// Whether the calling thread is one of this pool's workers.
     fn _is_worker_thread(&self) -> bool {
         gil::is_worker_of(self.id)

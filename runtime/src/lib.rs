@@ -1,1 +1,71 @@
-//! placeholder
+//! Raptors runtime: named pools of native worker threads with bounded
+//! priority queues, cancellable jobs, deadlines and exact statistics.
+//!
+//! No Python here; the bindings crate builds the Python API on top.
+//!
+//! # Guarantees
+//!
+//! * **Bounded queue.** A pool accepts a job iff the jobs that would then
+//!   truly wait (queued and not about to be taken by an idle worker) are at
+//!   most `queue_capacity`; otherwise `submit` fails at once with
+//!   [`SubmitError::QueueFull`]. A job submitted while a worker is idle
+//!   starts at once and never counts against the capacity.
+//! * **Order.** Higher priority first, FIFO among equal priorities.
+//! * **One terminal state.** `queued -> running -> done | failed |
+//!   cancelled`, `queued -> cancelled | expired`, decided by compare-and-swap
+//!   whatever races; a job cancelled or expired while queued leaves the
+//!   queue at once and its closure is dropped.
+//! * **Deadlines** are enforced by a timer thread at the deadline, even when
+//!   every worker is busy.
+//! * **Exact stats.** Every counter changes under the pool's state lock with
+//!   the transition it counts: in every [`PoolStats`] snapshot,
+//!   `submitted == queued + running + completed + failed + cancelled +
+//!   expired` (`rejected` is separate).
+//! * **Workers** are a fixed set of native threads, which are also the
+//!   threads of the pool's own rayon pool: a job's `par_iter`/`join` splits
+//!   over this pool's threads only. Idle workers spin briefly (one at a
+//!   time), then park; they help with a running job's rayon work while
+//!   spinning and when woken by [`JobContext::wake_helpers`].
+//! * **Panics** in jobs become [`Outcome::Panicked`]; panics in completion
+//!   callbacks are caught and counted. Workers survive both.
+//!
+//! # Example
+//!
+//! ```
+//! use raptors_runtime::{JobStop, Outcome, Pool, PoolConfig, SubmitOptions};
+//!
+//! let pool = Pool::new(PoolConfig::new("scoring", 2, 64))?;
+//! let job = pool.submit(SubmitOptions::default(), |ctx| -> Result<u64, JobStop<String>> {
+//!     if ctx.is_cancelled() {
+//!         return Err(JobStop::Cancelled);
+//!     }
+//!     Ok((1..=10).sum())
+//! })?;
+//! job.wait(None);
+//! assert_eq!(job.take_outcome(), Some(Outcome::Done(55)));
+//! pool.close(false);
+//! assert!(pool.join(None));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod context;
+mod error;
+mod job;
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod model;
+mod pool;
+mod queue;
+mod stats;
+mod sync;
+mod task;
+mod timer;
+mod token;
+mod worker;
+
+pub use context::JobContext;
+pub use error::{BuildError, SubmitError};
+pub use job::{JobHandle, JobStatus, JobStop, Outcome};
+pub use pool::{Pool, PoolConfig, SubmitOptions, ThreadHook};
+pub use stats::PoolStats;
+pub use token::CancelToken;

@@ -1,0 +1,66 @@
+//! Errors returned when building a pool or submitting to one.
+
+use std::error::Error;
+use std::fmt;
+
+/// Why [`Pool::submit`](crate::Pool::submit) refused a job. A refused job is
+/// not counted in `submitted`; a `QueueFull` refusal is counted in `rejected`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    /// Every worker is busy and `capacity` jobs are already waiting.
+    QueueFull { pool: String, capacity: usize },
+    /// The pool was closed and accepts no new work.
+    Closed { pool: String },
+}
+
+impl SubmitError {
+    /// Name of the pool that refused the job.
+    pub fn pool(&self) -> &str {
+        match self {
+            SubmitError::QueueFull { pool, .. } | SubmitError::Closed { pool } => pool,
+        }
+    }
+}
+
+impl fmt::Display for SubmitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SubmitError::QueueFull { pool, capacity } => write!(
+                f,
+                "pool '{pool}' queue is full: all workers are busy and {capacity} jobs are already waiting"
+            ),
+            SubmitError::Closed { pool } => write!(f, "pool '{pool}' is closed and accepts no new jobs"),
+        }
+    }
+}
+
+impl Error for SubmitError {}
+
+/// Why [`Pool::new`](crate::Pool::new) could not build a pool.
+#[derive(Debug)]
+pub enum BuildError {
+    /// `name` was empty.
+    EmptyName,
+    /// `threads` was 0.
+    ZeroThreads,
+    /// `queue_capacity` was 0.
+    ZeroCapacity,
+    /// `stack_size` was `Some(0)`.
+    ZeroStackSize,
+    /// The operating system refused to start a worker or timer thread.
+    Spawn(String),
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::EmptyName => f.write_str("name must be a non-empty string"),
+            BuildError::ZeroThreads => f.write_str("threads must be >= 1, got 0"),
+            BuildError::ZeroCapacity => f.write_str("queue_capacity must be >= 1, got 0"),
+            BuildError::ZeroStackSize => f.write_str("stack_size must be > 0, got 0"),
+            BuildError::Spawn(reason) => write!(f, "could not start a thread: {reason}"),
+        }
+    }
+}
+
+impl Error for BuildError {}

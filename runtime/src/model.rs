@@ -1,0 +1,84 @@
+//! The job state machine exposed to the loom models (`tests/loom.rs`), only
+//! under `--cfg loom`. Ownership of a transition is a value ([`Started`],
+//! [`Claimed`]), so the models cannot break the contracts the unsafe
+//! internals rely on.
+
+use crate::job::{JobCore, JobStatus, Outcome};
+
+/// A bare job: no pool, no closure.
+#[derive(Default)]
+pub struct ModelJob {
+    core: JobCore<u32, u32>,
+}
+
+/// Proof of having won `queued -> running`.
+pub struct Started<'a>(&'a ModelJob);
+
+/// Proof of having won `queued -> cancelled | expired`.
+pub struct Claimed<'a>(&'a ModelJob);
+
+impl ModelJob {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn try_start(&self) -> Option<Started<'_>> {
+        self.core.try_start().then_some(Started(self))
+    }
+
+    pub fn try_cancel(&self) -> Option<Claimed<'_>> {
+        self.core
+            .try_claim(JobStatus::Cancelled)
+            .then_some(Claimed(self))
+    }
+
+    pub fn try_expire(&self) -> Option<Claimed<'_>> {
+        self.core
+            .try_claim(JobStatus::Expired)
+            .then_some(Claimed(self))
+    }
+
+    pub fn status(&self) -> JobStatus {
+        self.core.status()
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        self.core.is_complete()
+    }
+
+    pub fn on_complete(&self, f: impl FnOnce() + Send + 'static) {
+        self.core.on_complete(Box::new(f));
+    }
+
+    pub fn wait(&self) -> bool {
+        self.core.wait(None)
+    }
+
+    pub fn outcome(&self) -> Option<&Outcome<u32, u32>> {
+        self.core.outcome()
+    }
+
+    pub fn take_outcome(&self) -> Option<Outcome<u32, u32>> {
+        self.core.take_outcome()
+    }
+}
+
+impl Started<'_> {
+    /// Stores and publishes the run's outcome; returns callback panics.
+    pub fn finish(self, outcome: Outcome<u32, u32>) -> usize {
+        let status = outcome.status();
+        // SAFETY: `Started` proves we won `try_start`; consumed, so once.
+        unsafe {
+            self.0.core.store_run(outcome);
+            self.0.core.publish_run(status)
+        }
+    }
+}
+
+impl Claimed<'_> {
+    /// Publishes the claimed state; returns callback panics.
+    pub fn finish(self) -> usize {
+        // SAFETY: `Claimed` proves we won `try_claim`; consumed, so once.
+        unsafe { self.0.core.finish_claimed() }
+    }
+}

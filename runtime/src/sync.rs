@@ -1,0 +1,48 @@
+//! Synchronisation primitives of the job state machine, swapped for loom's
+//! model-checked versions under `--cfg loom`.
+//!
+//! Only the per-job state machine (`job.rs`) goes through this module: it is
+//! what the loom models exercise. The pool's hot lock uses `parking_lot`
+//! directly and is covered by the stress tests instead.
+
+#[cfg(loom)]
+pub(crate) use loom::{
+    cell::UnsafeCell,
+    sync::atomic::{AtomicU32, AtomicU8, Ordering},
+    sync::{Condvar, Mutex, MutexGuard},
+};
+
+#[cfg(not(loom))]
+pub(crate) use std::sync::{
+    atomic::{AtomicU32, AtomicU8, Ordering},
+    Condvar, Mutex, MutexGuard,
+};
+
+/// `std::cell::UnsafeCell` with loom's closure-based access API, so the same
+/// code compiles against both.
+#[cfg(not(loom))]
+#[derive(Debug)]
+pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+#[cfg(not(loom))]
+impl<T> UnsafeCell<T> {
+    pub(crate) const fn new(value: T) -> Self {
+        Self(std::cell::UnsafeCell::new(value))
+    }
+
+    pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        f(self.0.get())
+    }
+
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
+
+/// Locks `mutex`, ignoring poisoning: the state machine never panics while a
+/// lock is held (callbacks run after the guard is dropped).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

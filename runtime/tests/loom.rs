@@ -1,0 +1,135 @@
+//! Loom models of the job state machine: start vs cancel vs expire vs
+//! completion callbacks vs waiters vs outcome readers.
+//!
+//! `RUSTFLAGS="--cfg loom" cargo test -p raptors-runtime --test loom --release`
+#![cfg(loom)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use loom::thread;
+use raptors_runtime::model::ModelJob;
+use raptors_runtime::{JobStatus, Outcome};
+
+fn counter() -> (Arc<AtomicUsize>, impl FnOnce() + Send + 'static) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&count);
+    (count, move || {
+        c.fetch_add(1, Ordering::SeqCst);
+    })
+}
+
+#[test]
+fn start_races_cancel_and_one_callback_runs_once() {
+    loom::model(|| {
+        let job = Arc::new(ModelJob::new());
+        let (calls, callback) = counter();
+        let worker = {
+            let job = Arc::clone(&job);
+            thread::spawn(move || match job.try_start() {
+                Some(started) => {
+                    started.finish(Outcome::Done(7));
+                    true
+                }
+                None => false,
+            })
+        };
+        let canceller = {
+            let job = Arc::clone(&job);
+            thread::spawn(move || match job.try_cancel() {
+                Some(claimed) => {
+                    claimed.finish();
+                    true
+                }
+                None => false,
+            })
+        };
+        job.on_complete(callback);
+        let ran = worker.join().unwrap();
+        let cancelled = canceller.join().unwrap();
+        assert!(ran ^ cancelled, "exactly one transition out of queued");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let want = if ran {
+            JobStatus::Done
+        } else {
+            JobStatus::Cancelled
+        };
+        assert_eq!(job.status(), want);
+        let outcome = job.take_outcome().expect("terminal");
+        assert_eq!(outcome.status(), want);
+    });
+}
+
+#[test]
+fn cancel_races_expire_with_a_waiter() {
+    loom::model(|| {
+        let job = Arc::new(ModelJob::new());
+        let waiter = {
+            let job = Arc::clone(&job);
+            thread::spawn(move || {
+                assert!(job.wait());
+                // Terminal status implies a published outcome.
+                job.status()
+            })
+        };
+        let expirer = {
+            let job = Arc::clone(&job);
+            thread::spawn(move || job.try_expire().map(|c| c.finish()).is_some())
+        };
+        let cancelled = job.try_cancel().map(|c| c.finish()).is_some();
+        let expired = expirer.join().unwrap();
+        assert!(cancelled ^ expired);
+        let seen = waiter.join().unwrap();
+        let want = if cancelled {
+            JobStatus::Cancelled
+        } else {
+            JobStatus::Expired
+        };
+        assert_eq!(seen, want);
+        assert_eq!(job.outcome().map(Outcome::status), Some(want));
+    });
+}
+
+#[test]
+fn callbacks_registered_around_completion_run_exactly_once() {
+    loom::model(|| {
+        let job = Arc::new(ModelJob::new());
+        let (first_calls, first) = counter();
+        let (second_calls, second) = counter();
+        let registrar = {
+            let job = Arc::clone(&job);
+            thread::spawn(move || job.on_complete(second))
+        };
+        job.on_complete(first);
+        let finisher = {
+            let job = Arc::clone(&job);
+            thread::spawn(move || {
+                let started = job.try_start().expect("only starter");
+                started.finish(Outcome::Failed(1))
+            })
+        };
+        assert_eq!(finisher.join().unwrap(), 0);
+        registrar.join().unwrap();
+        assert_eq!(first_calls.load(Ordering::SeqCst), 1);
+        assert_eq!(second_calls.load(Ordering::SeqCst), 1);
+        assert_eq!(job.status(), JobStatus::Failed);
+    });
+}
+
+#[test]
+fn outcome_is_either_lent_or_taken() {
+    loom::model(|| {
+        let job = Arc::new(ModelJob::new());
+        job.try_start().expect("starts").finish(Outcome::Done(3));
+        let taker = {
+            let job = Arc::clone(&job);
+            thread::spawn(move || job.take_outcome())
+        };
+        let lent = job.outcome().cloned();
+        let taken = taker.join().unwrap();
+        match (lent, taken) {
+            (Some(Outcome::Done(3)), None) | (None, Some(Outcome::Done(3))) => {}
+            other => panic!("both or neither got the outcome: {other:?}"),
+        }
+    });
+}
