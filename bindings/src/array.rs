@@ -69,7 +69,7 @@ impl Array {
     /// Copies any array-like (NumPy's conversion rules) into Rust memory.
     fn from_object(py: Python<'_>, obj: &Bound<'_, PyAny>, dtype: Option<&Bound<'_, PyAny>>) -> PyResult<Array> {
         let numpy = py.import("numpy")?;
-        let converted = numpy.call_method1("ascontiguousarray", (obj, dtype))?;
+        let converted = numpy.call_method1("asarray", (obj, dtype))?;
         let array = converted.downcast::<PyUntypedArray>()?;
         let descr = array.dtype();
         let dtype = match (descr.kind(), descr.itemsize()) {
@@ -90,11 +90,18 @@ impl Array {
                 array.ndim()
             )));
         }
-        let shape = array.shape().to_vec();
+        // One copy into a fresh, aligned, native-order, C-ordered NumPy array
+        // (whatever the source's layout), then one memcpy into Rust memory.
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("dtype", crate::convert::numpy_dtype(py, dtype))?;
+        kwargs.set_item("order", "C")?;
+        let staged = numpy.call_method("array", (array,), Some(&kwargs))?;
+        let staged = staged.downcast::<PyUntypedArray>()?;
+        let shape = staged.shape().to_vec();
         let len: usize = shape.iter().product();
-        // SAFETY: `array` is C-contiguous, aligned and native (ascontiguousarray
-        // guarantees it) with `len` elements of `dtype` starting at `data`.
-        let data = unsafe { (*array.as_array_ptr()).data };
+        // SAFETY: `staged` is a fresh C-ordered, aligned, native array of
+        // `len` elements of `dtype` starting at `data`.
+        let data = unsafe { (*staged.as_array_ptr()).data };
         fn copy<T: Copy>(data: *const i8, len: usize) -> Vec<T> {
             // SAFETY: see the caller.
             unsafe { std::slice::from_raw_parts(data.cast::<T>(), len) }.to_vec()

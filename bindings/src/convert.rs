@@ -65,6 +65,14 @@ pub enum HeldOperand {
 }
 
 impl HeldOperand {
+    /// The dtype of an array operand; `None` for a Python scalar.
+    pub fn dtype(&self) -> Option<DType> {
+        match self {
+            HeldOperand::Array(a) => Some(a.dtype),
+            _ => None,
+        }
+    }
+
     pub fn elements(&self) -> usize {
         match self {
             HeldOperand::Array(a) => a.shape[..a.ndim].iter().product(),
@@ -128,12 +136,13 @@ fn hold_ndarray(py: Python<'_>, array: &Bound<'_, PyUntypedArray>) -> PyResult<H
     let flags = unsafe { (*array.as_array_ptr()).flags };
     let aligned = flags & npyffi::NPY_ARRAY_ALIGNED != 0;
     if !aligned || descr.is_native_byteorder() == Some(false) {
-        let native = numpy_dtype(py, dtype);
-        let copy = py
-            .import("numpy")?
-            .call_method1("ascontiguousarray", (array, native))?;
-        let copy = copy.downcast::<PyUntypedArray>()?;
-        return hold_ndarray(py, copy);
+        // A fresh NumPy allocation is aligned and native; ascontiguousarray
+        // would return an unaligned but contiguous array unchanged.
+        let kwargs = pyo3::types::PyDict::new(py);
+        kwargs.set_item("dtype", numpy_dtype(py, dtype))?;
+        kwargs.set_item("copy", true)?;
+        let copy = py.import("numpy")?.call_method("array", (array,), Some(&kwargs))?;
+        return hold_ndarray(py, copy.downcast::<PyUntypedArray>()?);
     }
     if array.ndim() > MAX_NDIM {
         return Err(errors::kernel_error(

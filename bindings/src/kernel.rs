@@ -6,7 +6,7 @@
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyInt, PyTuple};
-use raptors_kernels::{Exec, KernelError, Op, Operand, Params, Serial};
+use raptors_kernels::{DType, Exec, KernelError, Op, Operand, Params, Serial};
 use smallvec::SmallVec;
 
 use crate::convert::{self, HeldOperand, KernelOutput};
@@ -119,9 +119,14 @@ impl Kernel {
         let bound = bind_arguments(self.name, &names, sig.operands.len() + usize::from(sig.k), args, kwargs)?;
         let mut as_rp_array = false;
         let mut operands = Vec::with_capacity(sig.operands.len());
-        for value in &bound[..sig.operands.len()] {
+        for (position, value) in bound[..sig.operands.len()].iter().enumerate() {
             let value = value.as_ref().expect("required operands are bound");
-            operands.push(convert::hold(py, value, &mut as_rp_array)?);
+            let held = match (op, position) {
+                // np.clip takes None for a missing bound: no limit on that side.
+                (Op::Clip, 1 | 2) if value.is_none() => unbounded(&operands[0], position == 1),
+                _ => convert::hold(py, value, &mut as_rp_array)?,
+            };
+            operands.push(held);
         }
         let mut params = Params::default();
         let mut rest = bound[sig.operands.len()..].iter();
@@ -143,6 +148,21 @@ impl Kernel {
             params,
             as_rp_array,
         })
+    }
+}
+
+/// The bound that never clips an operand like `operand`: the dtype's lowest
+/// (or highest) value for integers, -inf (or +inf) otherwise. Both are weak
+/// Python scalars, so they never change the result dtype.
+fn unbounded(operand: &HeldOperand, lower: bool) -> HeldOperand {
+    let integer_bound = |min: i64, max: i64| HeldOperand::Int(if lower { min } else { max });
+    match operand.dtype() {
+        Some(DType::Int32) => integer_bound(i32::MIN.into(), i32::MAX.into()),
+        Some(DType::Int64) => integer_bound(i64::MIN, i64::MAX),
+        Some(DType::Float32 | DType::Float64) | None => match operand {
+            HeldOperand::Int(_) => integer_bound(i64::MIN, i64::MAX),
+            _ => HeldOperand::Float(if lower { f64::NEG_INFINITY } else { f64::INFINITY }),
+        },
     }
 }
 
