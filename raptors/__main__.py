@@ -1,0 +1,100 @@
+"""``python -m raptors {serve,bench,demo}``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        print('serve needs the extra: pip install "raptors[fastapi]"', file=sys.stderr)
+        return 2
+    from raptors import service
+
+    app = service.create_app(
+        args.variant,
+        tenant_threads=args.tenant_threads,
+        tenant_queue=args.tenant_queue,
+        default_timeout=args.timeout,
+    )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+        lifespan="on",
+    )
+    return 0
+
+
+def _bench(args: argparse.Namespace, argv: list[str]) -> int:
+    from raptors import bench
+
+    return bench.run_cli(args, argv)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from raptors import _demo
+
+    return _demo.main()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m raptors",
+        description="Raptors: bounded, prioritised, observable native compute pools.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="{serve,bench,demo}")
+
+    s = sub.add_parser(
+        "serve",
+        help="run the demo scoring service",
+        description="Run the demo scoring service (POST /score, GET /health /metrics /stats).",
+    )
+    s.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000, help="port (8000)")
+    from raptors.service import VARIANTS
+
+    s.add_argument("--variant", choices=VARIANTS, default=None,
+                   help="scoring variant (default: $RAPTORS_VARIANT or raptors)")  # fmt: skip
+    s.add_argument("--tenant-threads", type=int, default=None,
+                   help="threads per tenant pool (default: $RAPTORS_TENANT_THREADS or cores)")  # fmt: skip
+    s.add_argument("--tenant-queue", type=int, default=None,
+                   help="queue bound per tenant pool (default: $RAPTORS_TENANT_QUEUE or 64)")  # fmt: skip
+    s.add_argument("--timeout", type=float, default=None,
+                   help="default start deadline of a /score job, seconds (none)")  # fmt: skip
+    s.add_argument("--log-level", default="warning", help="uvicorn log level (warning)")
+
+    b = sub.add_parser(
+        "bench",
+        help="side-by-side service benchmark",
+        description="Run the demo service in variants under the same load, side by side.",
+    )
+    from raptors.bench import add_arguments
+
+    add_arguments(b)
+
+    sub.add_parser(
+        "demo",
+        help="a short tour: two pools, kernels and callables, priorities, a cancel, stats",
+        description="A short offline tour of pools, priorities, cancellation and stats.",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "bench":
+        return _bench(args, argv[1:])
+    return _demo(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

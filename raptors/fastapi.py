@@ -1,0 +1,639 @@
+"""FastAPI integration: pools in the app's lifespan, per-tenant pools, HTTP
+mapping of Raptors errors, disconnect-aware awaiting, Prometheus and JSON
+stats.
+
+FastAPI, Starlette and prometheus_client are optional dependencies
+(``pip install "raptors[fastapi]"``); they are imported when this module is
+imported, so ``import raptors`` alone never needs them.
+
+A ten-line service::
+
+    from fastapi import Depends, FastAPI, Request
+    import raptors as rp
+    from raptors.fastapi import Raptors
+
+    rx = Raptors(pools=[{"name": "scoring", "threads": 2, "queue": 64}])
+    app = FastAPI(lifespan=rx.lifespan)
+    rx.install(app)  # 503/504 handlers, GET /metrics and GET /stats
+
+    @app.post("/dot")
+    async def dot(request: Request, pool: rp.Pool = Depends(rx.pool("scoring"))):
+        return {"dot": float(await rx.run(request, pool, rp.dot, [1.0, 2.0], [3.0, 4.0]))}
+
+Invariants kept here:
+
+* Every pool this module creates is closed by the lifespan's exit (or by
+  idle-tenant eviction), with ``close(wait=True)`` on shutdown so accepted
+  jobs finish before the process exits.
+* A tenant pool is only evicted when it has nothing queued or running and has
+  not been handed out for ``idle_timeout`` seconds, so eviction never drops or
+  cancels an accepted job.
+* ``Raptors.wait`` cancels a job only on a real client disconnect; a job that
+  already started runs to completion and its result is discarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import math
+import re
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+import raptors as rp
+from raptors._batcher import Batcher
+
+_EXTRA_HINT = 'raptors.fastapi needs FastAPI and prometheus_client: pip install "raptors[fastapi]"'
+
+try:
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.responses import JSONResponse, Response
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(f"{_EXTRA_HINT} ({exc})") from exc
+
+__all__ = [
+    "Batcher",
+    "ClientDisconnected",
+    "PoolConfig",
+    "Raptors",
+    "RaptorsCollector",
+    "TenantLimitReached",
+    "TenantPools",
+    "TenantTemplate",
+    "retry_after_seconds",
+]
+
+# HTTP status for "client closed request" (nginx convention); the client never
+# reads it, but access logs and tests do.
+CLIENT_CLOSED_REQUEST = 499
+
+_TENANT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolConfig:
+    """Plain configuration of one named pool (see ``rp.Pool``)."""
+
+    name: str
+    threads: int | None = None
+    queue: int = 1024
+
+    @classmethod
+    def coerce(cls, value: PoolConfig | Mapping[str, Any]) -> PoolConfig:
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            unknown = set(value) - {"name", "threads", "queue"}
+            if unknown:
+                raise ValueError(f"pool config: unknown keys {sorted(unknown)}")
+            return cls(**value)
+        raise TypeError(f"pool config must be a PoolConfig or a dict, not {type(value).__name__}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TenantTemplate:
+    """How tenant pools are made and bounded.
+
+    ``overflow`` decides what happens to a new tenant once ``max_tenants``
+    pools exist and none is idle enough to evict: ``"reject"`` answers HTTP
+    429, ``"shared"`` sends it to one shared overflow pool (built from the same
+    template) so it is served, without isolation from other overflow tenants.
+    """
+
+    threads: int | None = 1
+    queue: int = 64
+    max_tenants: int = 64
+    idle_timeout: float = 300.0
+    overflow: str = "reject"
+    header: str = "X-Tenant"
+    default_tenant: str = "default"
+    prefix: str = "tenant-"
+
+    def __post_init__(self) -> None:
+        if self.overflow not in ("reject", "shared"):
+            raise ValueError(f"overflow must be 'reject' or 'shared', not {self.overflow!r}")
+        if self.max_tenants < 1:
+            raise ValueError("max_tenants must be >= 1")
+        if self.idle_timeout <= 0:
+            raise ValueError("idle_timeout must be > 0")
+
+    @classmethod
+    def coerce(cls, value: TenantTemplate | Mapping[str, Any]) -> TenantTemplate:
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            return cls(**value)
+        raise TypeError(
+            f"tenant template must be a TenantTemplate or a dict, not {type(value).__name__}"
+        )
+
+
+class TenantLimitReached(Exception):
+    """A new tenant arrived while ``max_tenants`` pools are busy (HTTP 429)."""
+
+    def __init__(self, tenant: str, limit: int) -> None:
+        super().__init__(f"tenant limit of {limit} reached; tenant {tenant!r} refused")
+        self.tenant = tenant
+        self.limit = limit
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its job started; the job was cancelled."""
+
+
+@dataclasses.dataclass
+class _Tenant:
+    pool: rp.Pool
+    last_used: float
+
+
+class TenantPools:
+    """Tenant id -> that tenant's own pool, created on first use.
+
+    Each tenant has its own queue and its own worker threads, so a flooding
+    tenant fills (and gets 503s from) only its own queue. Thread-safe: sync
+    endpoints may call ``get`` from FastAPI's thread pool.
+    """
+
+    def __init__(self, template: TenantTemplate | Mapping[str, Any] | None = None) -> None:
+        self.template = TenantTemplate.coerce(template or {})
+        self._lock = threading.Lock()
+        self._tenants: dict[str, _Tenant] = {}
+        self._overflow: rp.Pool | None = None
+        self._overflow_tenants: set[str] = set()
+        self._closed = False
+        self._last_sweep = time.monotonic()
+        self.created = 0
+        self.evicted = 0
+        self.refused = 0
+
+    @property
+    def sweep_interval(self) -> float:
+        return min(self.template.idle_timeout / 2.0, 5.0)
+
+    def tenant_of(self, request: Request) -> str:
+        """The tenant id of a request (header, else the default tenant); 400 if malformed."""
+        tenant = request.headers.get(self.template.header)
+        if tenant is None or tenant == "":
+            return self.template.default_tenant
+        if not _TENANT_ID.match(tenant):
+            raise HTTPException(
+                status_code=400,
+                detail=f"{self.template.header} must match {_TENANT_ID.pattern}",
+            )
+        return tenant
+
+    def get(self, tenant: str) -> rp.Pool:
+        """The pool serving ``tenant``; may create it, evict idle ones, or refuse."""
+        now = time.monotonic()
+        with self._lock:
+            if self._closed:
+                raise rp.PoolClosed("tenant pools are closed")
+            entry = self._tenants.get(tenant)
+            if entry is not None:
+                entry.last_used = now
+                if now - self._last_sweep >= self.sweep_interval:
+                    self._sweep_locked(now)
+                return entry.pool
+            if tenant in self._overflow_tenants and self._overflow is not None:
+                return self._overflow
+            self._sweep_locked(now)
+            if len(self._tenants) >= self.template.max_tenants:
+                self._evict_lru_idle_locked()
+            if len(self._tenants) >= self.template.max_tenants:
+                return self._overflow_locked(tenant)
+            pool = rp.Pool(
+                self.template.prefix + tenant,
+                threads=self.template.threads,
+                queue=self.template.queue,
+            )
+            self._tenants[tenant] = _Tenant(pool, now)
+            self.created += 1
+            return pool
+
+    def _overflow_locked(self, tenant: str) -> rp.Pool:
+        if self.template.overflow == "reject":
+            self.refused += 1
+            raise TenantLimitReached(tenant, self.template.max_tenants)
+        if self._overflow is None:
+            self._overflow = rp.Pool(
+                self.template.prefix + "overflow",
+                threads=self.template.threads,
+                queue=self.template.queue,
+            )
+        self._overflow_tenants.add(tenant)
+        return self._overflow
+
+    @staticmethod
+    def _idle(pool: rp.Pool) -> bool:
+        st = pool.stats()
+        return st.queued == 0 and st.running == 0
+
+    def _evict_locked(self, tenant: str) -> None:
+        entry = self._tenants.pop(tenant)
+        # Nothing is queued or running, so a non-blocking close loses nothing
+        # and keeps the event loop free.
+        entry.pool.close(wait=False)
+        self.evicted += 1
+
+    def _sweep_locked(self, now: float) -> None:
+        self._last_sweep = now
+        horizon = now - self.template.idle_timeout
+        for tenant, entry in list(self._tenants.items()):
+            if entry.last_used <= horizon and self._idle(entry.pool):
+                self._evict_locked(tenant)
+
+    def _evict_lru_idle_locked(self) -> None:
+        for tenant, entry in sorted(self._tenants.items(), key=lambda kv: kv[1].last_used):
+            if self._idle(entry.pool):
+                self._evict_locked(tenant)
+                return
+
+    def sweep(self) -> None:
+        """Evict every tenant idle for ``idle_timeout`` (also done lazily by ``get``)."""
+        with self._lock:
+            self._sweep_locked(time.monotonic())
+
+    def pools(self) -> dict[str, rp.Pool]:
+        """Open tenant pools by tenant id (the overflow pool under ``"*overflow*"``)."""
+        with self._lock:
+            out = {t: e.pool for t, e in self._tenants.items()}
+            if self._overflow is not None:
+                out["*overflow*"] = self._overflow
+            return out
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.monotonic()
+        with self._lock:
+            tenants = {}
+            for tenant, entry in self._tenants.items():
+                st = entry.pool.stats()
+                tenants[tenant] = {
+                    "pool": entry.pool.name,
+                    "queued": st.queued,
+                    "running": st.running,
+                    "idle_seconds": round(now - entry.last_used, 3),
+                }
+            return {
+                "tenants": tenants,
+                "count": len(self._tenants),
+                "max_tenants": self.template.max_tenants,
+                "overflow": self.template.overflow,
+                "overflow_pool": self._overflow.name if self._overflow is not None else None,
+                "overflow_tenants": sorted(self._overflow_tenants),
+                "created": self.created,
+                "evicted": self.evicted,
+                "refused": self.refused,
+            }
+
+    def detach_all(self) -> list[rp.Pool]:
+        """Refuse new lookups and hand over every tenant pool (the caller closes them)."""
+        with self._lock:
+            self._closed = True
+            pools = [e.pool for e in self._tenants.values()]
+            if self._overflow is not None:
+                pools.append(self._overflow)
+            self._tenants.clear()
+            self._overflow = None
+            return pools
+
+
+def retry_after_seconds(stats: Any) -> int:
+    """Seconds until a full queue has likely drained: queued x run_p50 / threads.
+
+    Whole seconds (the header's unit), at least 1.
+    """
+    threads = max(int(stats.threads or 1), 1)
+    estimate = stats.queued * float(stats.run_p50) / threads
+    if not math.isfinite(estimate):
+        return 1
+    return max(1, math.ceil(estimate))
+
+
+async def _wait_for_disconnect(receive: Callable[[], Any]) -> bool:
+    """Returns True once the ASGI server reports ``http.disconnect``.
+
+    Called after the body has been read, so the only messages left are
+    disconnects (servers also send one after the response completes, by
+    which time this watcher has been cancelled).
+    """
+    while True:
+        message = await receive()
+        if message.get("type") == "http.disconnect":
+            return True
+
+
+class _DisconnectWatch:
+    """Cancels ``job`` when the ASGI server reports that the client left."""
+
+    __slots__ = ("job", "request", "task")
+
+    def __init__(self, request: Request, job: Any) -> None:
+        self.request = request
+        self.job = job
+        self.task: asyncio.Task[bool] | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self.job.done():
+            self.task = loop.create_task(_wait_for_disconnect(self.request.receive))
+            self.task.add_done_callback(self._on_done)
+
+    def _on_done(self, task: asyncio.Task[bool]) -> None:
+        if not task.cancelled() and task.exception() is None and task.result():
+            self.job.cancel("client disconnected")
+
+    def fired(self) -> bool:
+        t = self.task
+        return t is not None and t.done() and not t.cancelled() and t.exception() is None
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
+class Raptors:
+    """Pools, tenant pools and their HTTP surface for one FastAPI app."""
+
+    def __init__(
+        self,
+        pools: Iterable[PoolConfig | Mapping[str, Any]] | Mapping[str, Mapping[str, Any]] = (),
+        tenants: TenantTemplate | Mapping[str, Any] | None = None,
+        *,
+        default_timeout: float | None = None,
+        disconnect_grace: float = 0.01,
+        metrics_path: str | None = "/metrics",
+        stats_path: str | None = "/stats",
+    ) -> None:
+        if isinstance(pools, Mapping):
+            configs = [PoolConfig.coerce({"name": n, **dict(c)}) for n, c in pools.items()]
+        else:
+            configs = [PoolConfig.coerce(c) for c in pools]
+        names = [c.name for c in configs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"pool names must be unique: {names}")
+        self.configs = configs
+        self.tenants = TenantPools(tenants) if tenants is not None else None
+        self.default_timeout = default_timeout
+        if disconnect_grace < 0:
+            raise ValueError("disconnect_grace must be >= 0")
+        self.disconnect_grace = disconnect_grace
+        self.metrics_path = metrics_path
+        self.stats_path = stats_path
+        self._pools: dict[str, rp.Pool] = {}
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(RaptorsCollector(self))
+
+    # -- lifecycle -------------------------------------------------------
+
+    def open(self) -> None:
+        """Create the configured pools (the lifespan calls this)."""
+        if self.tenants is not None and self.tenants._closed:
+            self.tenants = TenantPools(self.tenants.template)
+        try:
+            for cfg in self.configs:
+                self._pools[cfg.name] = rp.Pool(cfg.name, threads=cfg.threads, queue=cfg.queue)
+        except BaseException:
+            self.close(wait=False)
+            raise
+
+    def close(self, wait: bool = True) -> None:
+        """Stop accepting work, let accepted jobs finish (``wait=True``), close every pool."""
+        pools, self._pools = list(self._pools.values()), {}
+        if self.tenants is not None:
+            pools += self.tenants.detach_all()
+        # Stop every pool first so they all drain in parallel, then wait for each.
+        for pool in pools:
+            pool.close(wait=False)
+        if wait:
+            for pool in pools:
+                pool.close(wait=True)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        """Use as ``FastAPI(lifespan=rx.lifespan)`` or enter it from your own lifespan."""
+        self.open()
+        app.state.raptors = self
+        try:
+            yield
+        finally:
+            # Draining may take as long as the longest accepted job: off the loop.
+            await asyncio.to_thread(self.close, True)
+
+    # -- lookups and dependencies ---------------------------------------
+
+    def get(self, name: str) -> rp.Pool:
+        """A configured pool by name (``KeyError`` if unknown or not open)."""
+        try:
+            return self._pools[name]
+        except KeyError:
+            raise KeyError(f"no open pool named {name!r} in this app") from None
+
+    def pool(self, name: str) -> Callable[[], Awaitable[rp.Pool]]:
+        """A dependency handing a route the named pool: ``Depends(rx.pool("scoring"))``."""
+
+        # async: FastAPI would run a plain def dependency in its thread pool.
+        async def dependency() -> rp.Pool:
+            return self.get(name)
+
+        dependency.__name__ = f"raptors_pool_{name}"
+        return dependency
+
+    async def tenant_pool(self, request: Request) -> rp.Pool:
+        """A dependency: the calling tenant's pool (``Depends(rx.tenant_pool)``)."""
+        if self.tenants is None:
+            raise RuntimeError("Raptors(tenants=...) was not configured")
+        return self.tenants.get(self.tenants.tenant_of(request))
+
+    def all_pools(self) -> dict[str, rp.Pool]:
+        """Every pool this app owns, by pool name."""
+        out = dict(self._pools)
+        if self.tenants is not None:
+            for pool in self.tenants.pools().values():
+                out[pool.name] = pool
+        return out
+
+    def find(self, name: str) -> rp.Pool | None:
+        pool = self.all_pools().get(name)
+        if pool is not None:
+            return pool
+        try:
+            return rp.get_pool(name)
+        except KeyError:
+            return None
+
+    # -- running jobs ----------------------------------------------------
+
+    async def run(
+        self,
+        request: Request | None,
+        pool: rp.Pool,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        priority: int = 0,
+        timeout: float | None = None,
+        token: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Submit ``fn(*args, **kwargs)`` to ``pool`` and await it, cancelling on disconnect.
+
+        ``timeout`` (default: ``default_timeout``) is the job's start deadline.
+        """
+        if timeout is None:
+            timeout = self.default_timeout
+        job = pool.submit(fn, *args, priority=priority, timeout=timeout, token=token, **kwargs)
+        return await self.wait(request, job)
+
+    async def wait(self, request: Request | None, job: Any) -> Any:
+        """Await ``job`` (an ``rp.Job``, or a ``Batcher`` future); if the client
+        disconnects while it is still queued, cancel it.
+
+        Call it after the request body has been read. The connection is
+        watched from ``disconnect_grace`` seconds after the call on (a job that
+        finishes sooner costs no watcher), so a disconnect is acted on within
+        that grace. Raises ``ClientDisconnected`` (answered 499) when the job
+        was cancelled because the client left.
+        """
+        if request is None or job.done():
+            return await job
+        watch = _DisconnectWatch(request, job)
+        loop = asyncio.get_running_loop()
+        handle = loop.call_later(self.disconnect_grace, watch.start, loop)
+        try:
+            return await job
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if watch.fired() and not (current is not None and current.cancelling()):
+                raise ClientDisconnected("client disconnected before the job started") from None
+            raise
+        finally:
+            handle.cancel()
+            watch.stop()
+
+    # -- HTTP surface ----------------------------------------------------
+
+    def install(self, app: FastAPI) -> None:
+        """Register the exception handlers and, unless disabled, /metrics and /stats."""
+        app.add_exception_handler(rp.QueueFull, self._queue_full)
+        app.add_exception_handler(rp.DeadlineExceeded, self._deadline)
+        app.add_exception_handler(rp.PoolClosed, self._pool_closed)
+        app.add_exception_handler(TenantLimitReached, self._tenant_limit)
+        app.add_exception_handler(ClientDisconnected, self._disconnected)
+        if self.metrics_path:
+            app.add_api_route(
+                self.metrics_path, self.metrics_response, methods=["GET"], include_in_schema=False
+            )
+        if self.stats_path:
+            app.add_api_route(
+                self.stats_path, self.stats_response, methods=["GET"], include_in_schema=False
+            )
+
+    async def _queue_full(self, request: Request, exc: Exception) -> Response:
+        name = getattr(exc, "pool", None)
+        pool = self.find(name) if isinstance(name, str) else None
+        retry = retry_after_seconds(pool.stats()) if pool is not None else 1
+        return JSONResponse(
+            {"detail": f"pool {name!r} is full, retry later", "retry_after": retry},
+            status_code=503,
+            headers={"Retry-After": str(retry)},
+        )
+
+    async def _deadline(self, request: Request, exc: Exception) -> Response:
+        return JSONResponse({"detail": "deadline exceeded before the job started"}, 504)
+
+    async def _pool_closed(self, request: Request, exc: Exception) -> Response:
+        return JSONResponse(
+            {"detail": "pool closed (shutting down)"}, 503, headers={"Retry-After": "1"}
+        )
+
+    async def _tenant_limit(self, request: Request, exc: Exception) -> Response:
+        return JSONResponse({"detail": str(exc)}, 429, headers={"Retry-After": "1"})
+
+    async def _disconnected(self, request: Request, exc: Exception) -> Response:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        """Every owned pool's stats by pool name, plus the tenant view."""
+        pools = {name: pool.stats().to_dict() for name, pool in self.all_pools().items()}
+        out: dict[str, Any] = {"pools": pools}
+        if self.tenants is not None:
+            out["tenants"] = self.tenants.snapshot()
+        return out
+
+    async def stats_response(self) -> JSONResponse:
+        return JSONResponse(self.stats_snapshot())
+
+    def metrics_text(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def metrics_response(self) -> Response:
+        return Response(self.metrics_text(), media_type=CONTENT_TYPE_LATEST)
+
+
+_GAUGES = (
+    ("queued", "Jobs waiting in the queue now."),
+    ("running", "Jobs running now."),
+    ("utilization", "Busy worker time / (threads x elapsed), recent window."),
+    ("max_queued", "Highest queue depth seen."),
+    ("threads", "Worker threads."),
+    ("queue_capacity", "Queue bound (waiting jobs)."),
+)
+_COUNTERS = (
+    ("submitted", "Jobs accepted."),
+    ("completed", "Jobs that finished successfully."),
+    ("failed", "Jobs that raised."),
+    ("cancelled", "Jobs cancelled."),
+    ("expired", "Jobs whose start deadline passed."),
+    ("rejected", "Submits refused with QueueFull."),
+)
+_QUANTILES = (("wait", "Seconds from submit to start"), ("run", "Seconds from start to end"))
+
+
+class RaptorsCollector:
+    """Reads ``pool.stats()`` of every pool of a ``Raptors`` app at scrape time."""
+
+    def __init__(self, owner: Raptors) -> None:
+        self.owner = owner
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def _labelled(self) -> list[tuple[list[str], Any]]:
+        tenant_of_pool: dict[str, str] = {}
+        if self.owner.tenants is not None:
+            tenant_of_pool = {p.name: t for t, p in self.owner.tenants.pools().items()}
+        rows = []
+        for name, pool in sorted(self.owner.all_pools().items()):
+            rows.append(([name, tenant_of_pool.get(name, "")], pool.stats()))
+        return rows
+
+    def collect(self) -> Iterable[Any]:
+        rows = self._labelled()
+        labels = ["pool", "tenant"]
+        for field, doc in _GAUGES:
+            g = GaugeMetricFamily(f"raptors_pool_{field}", doc, labels=labels)
+            for values, st in rows:
+                g.add_metric(values, float(getattr(st, field)))
+            yield g
+        for field, doc in _COUNTERS:
+            c = CounterMetricFamily(f"raptors_jobs_{field}", doc, labels=labels)
+            for values, st in rows:
+                c.add_metric(values, float(getattr(st, field)))
+            yield c
+        for kind, doc in _QUANTILES:
+            g = GaugeMetricFamily(
+                f"raptors_job_{kind}_seconds",
+                f"{doc}, recent jobs, by quantile.",
+                labels=[*labels, "quantile"],
+            )
+            for values, st in rows:
+                g.add_metric([*values, "0.5"], float(getattr(st, f"{kind}_p50")))
+                g.add_metric([*values, "0.99"], float(getattr(st, f"{kind}_p99")))
+            yield g

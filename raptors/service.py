@@ -1,0 +1,295 @@
+"""The demo scoring service: cosine-similarity top-10 over an embedded matrix.
+
+``POST /score {"query": [256 floats]}`` -> ``{"ids": [10 ints], "scores": [10 floats]}``,
+best first, against a generated (seeded) 20,000 x 256 float32 matrix whose
+rows are pre-normalised. ``GET /health``, ``GET /metrics``, ``GET /stats``.
+
+Variants (for ``python -m raptors bench``) share the request parsing, the
+response encoding and the answers; only the scoring call differs:
+
+* ``raptors``: one pool job per request on the tenant's pool, calling
+  ``rp.cosine_similarity`` then ``rp.topk`` (both release the GIL);
+* ``numpy-inline``: NumPy called inside the ``async def`` endpoint;
+* ``numpy-to-thread``: NumPy through ``await asyncio.to_thread``;
+* ``numpy-def``: NumPy in a plain ``def`` endpoint (FastAPI's thread pool);
+* ``raptors-batch``: the same kernels through ``raptors.fastapi.Batcher``:
+  requests that arrive while the tenant's workers are busy are scored
+  together, one ``rp.cosine_similarity(matrix, queries)`` call per batch
+  (the matrix is read once per batch), then ``rp.topk`` per query;
+* ``noop``: parses the request and answers a fixed top-10 (the HTTP floor).
+
+Tenants (``X-Tenant``), priorities (``X-Priority`` or ``?priority=``) and
+start deadlines (``X-Timeout`` or ``?timeout=``, seconds) apply to the
+``raptors`` variant; the others ignore them.
+"""
+
+import asyncio
+import inspect
+import json
+import math
+import os
+from typing import Annotated, Any
+
+import numpy as np
+
+import raptors as rp
+
+ROWS = 20_000
+DIM = 256
+K = 10
+SEED = 20_240_917
+VARIANTS = ("raptors", "raptors-batch", "numpy-inline", "numpy-to-thread", "numpy-def", "noop")
+MAX_BODY = 64 * 1024
+_NUMBER_TYPES = frozenset((float, int))
+
+
+def make_matrix(rows: int = ROWS, dim: int = DIM, seed: int = SEED) -> np.ndarray:
+    """The embedded corpus: seeded Gaussian rows, L2-normalised, float32, C-contiguous."""
+    rng = np.random.default_rng(seed)
+    m = rng.standard_normal((rows, dim), dtype=np.float32)
+    m /= np.linalg.norm(m, axis=1, keepdims=True)
+    return np.ascontiguousarray(m, dtype=np.float32)
+
+
+def make_queries(n: int, dim: int = DIM, seed: int = SEED + 1) -> np.ndarray:
+    """Seeded query vectors (not normalised: the service must normalise)."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, dim), dtype=np.float32) * 3.0).astype(np.float32)
+
+
+class BadRequest(ValueError):
+    """A malformed request; answered with ``status`` (4xx) and the message."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def parse_query(body: bytes, dim: int = DIM) -> np.ndarray:
+    """``{"query": [dim finite numbers]}`` -> float32 vector, or ``BadRequest``."""
+    if len(body) > MAX_BODY:
+        raise BadRequest(f"body larger than {MAX_BODY} bytes", 413)
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("body is not valid JSON", 400) from None
+    if not isinstance(doc, dict) or "query" not in doc:
+        raise BadRequest('body must be an object with a "query" list')
+    query = doc["query"]
+    if not isinstance(query, list) or len(query) != dim:
+        raise BadRequest(f'"query" must be a list of {dim} numbers')
+    # Exact types: bool is an int subclass and NumPy would convert "1" and
+    # true; the set of types is built in C, cheaper than a per-item check.
+    if not _NUMBER_TYPES.issuperset(map(type, query)):
+        raise BadRequest(f'"query" must be a list of {dim} numbers')
+    try:
+        with np.errstate(over="ignore"):
+            q = np.array(query, dtype=np.float32)
+    except (OverflowError, ValueError):  # ints beyond any float
+        raise BadRequest('"query" must hold finite numbers') from None
+    if not np.isfinite(q).all():
+        raise BadRequest('"query" must hold finite numbers')
+    return q
+
+
+def _header_or_param(request: Any, header: str, param: str) -> str | None:
+    value = request.headers.get(header)
+    if value is None:
+        value = request.query_params.get(param)
+    return value
+
+
+def parse_priority(request: Any) -> int:
+    raw = _header_or_param(request, "x-priority", "priority")
+    if raw is None or raw == "":
+        return 0
+    try:
+        prio = int(raw)
+    except ValueError:
+        raise BadRequest("priority must be an integer", 400) from None
+    if not -(2**31) <= prio < 2**31:
+        raise BadRequest("priority out of range", 400)
+    return prio
+
+
+def parse_timeout(request: Any, default: float | None) -> float | None:
+    raw = _header_or_param(request, "x-timeout", "timeout")
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest("timeout must be a number of seconds", 400) from None
+    if not math.isfinite(value) or value <= 0:
+        raise BadRequest("timeout must be a positive number of seconds", 400)
+    return value
+
+
+def topk_numpy(matrix: np.ndarray, q: np.ndarray, k: int = K) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy's best calls: one sgemv, argpartition, then sort the k (ties by index)."""
+    norm = float(np.linalg.norm(q))
+    unit = q / np.float32(norm) if norm > 0.0 else q
+    scores = matrix @ unit
+    idx = np.argpartition(scores, -k)[-k:]
+    top = scores[idx]
+    order = np.lexsort((idx, -top))
+    return idx[order], top[order]
+
+
+def make_raptors_scorer(matrix: np.ndarray, k: int = K) -> Any:
+    """The one pool job per request: both kernels release the GIL while computing."""
+
+    def score(q: np.ndarray) -> tuple[Any, Any]:
+        sims = rp.cosine_similarity(matrix, q)
+        return rp.topk(sims, k)
+
+    return score
+
+
+def make_raptors_batch_scorer(matrix: np.ndarray, k: int = K) -> Any:
+    """One pool job per batch: one (rows x B) cosine call, then top-k per query."""
+    single = make_raptors_scorer(matrix, k)
+
+    def score_batch(queries: list[np.ndarray]) -> list[tuple[Any, Any]]:
+        if len(queries) == 1:
+            return [single(queries[0])]
+        sims = np.asarray(rp.cosine_similarity(matrix, np.stack(queries)))
+        by_query = np.ascontiguousarray(sims.T)  # (B, rows): each top-k reads one row
+        return [rp.topk(by_query[j], k) for j in range(len(queries))]
+
+    return score_batch
+
+
+def encode_answer(ids: Any, scores: Any) -> bytes:
+    return json.dumps(
+        {"ids": np.asarray(ids).tolist(), "scores": np.asarray(scores).tolist()},
+        separators=(",", ":"),
+    ).encode()
+
+
+def create_app(
+    variant: str | None = None,
+    *,
+    matrix: np.ndarray | None = None,
+    tenant_threads: int | None = None,
+    tenant_queue: int | None = None,
+    max_tenants: int = 32,
+    idle_timeout: float = 300.0,
+    default_timeout: float | None = None,
+) -> Any:
+    """Build the demo FastAPI app. Defaults come from ``RAPTORS_VARIANT``,
+    ``RAPTORS_TENANT_THREADS`` (default: the number of cores) and
+    ``RAPTORS_TENANT_QUEUE`` (default 64)."""
+    from fastapi import Depends, FastAPI, Request
+    from fastapi.responses import JSONResponse, Response
+
+    from raptors.fastapi import Batcher, Raptors, TenantTemplate
+
+    variant = variant or os.environ.get("RAPTORS_VARIANT", "raptors")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, not {variant!r}")
+    if tenant_threads is None:
+        env = os.environ.get("RAPTORS_TENANT_THREADS")
+        tenant_threads = int(env) if env else (os.cpu_count() or 1)
+    if tenant_queue is None:
+        tenant_queue = int(os.environ.get("RAPTORS_TENANT_QUEUE", "64"))
+    m = make_matrix() if matrix is None else np.ascontiguousarray(matrix, dtype=np.float32)
+    dim = m.shape[1]
+
+    rx = Raptors(
+        tenants=TenantTemplate(
+            threads=tenant_threads,
+            queue=tenant_queue,
+            max_tenants=max_tenants,
+            idle_timeout=idle_timeout,
+            overflow="shared",
+        ),
+        default_timeout=default_timeout,
+    )
+    options: dict[str, Any] = {}
+    if "telemetry" in inspect.signature(FastAPI).parameters:
+        # Recent FastAPI looks up the OpenTelemetry providers on every request
+        # (tens of microseconds); this service exports no traces.
+        options["telemetry"] = {"tracing": False, "metrics": False, "logs": False}
+    app = FastAPI(title="raptors demo scoring service", lifespan=rx.lifespan, **options)
+    app.state.variant = variant
+    app.state.matrix = m
+    rx.install(app)
+
+    async def bad_request(request: Request, exc: Exception) -> Response:
+        status = exc.status if isinstance(exc, BadRequest) else 422
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    app.add_exception_handler(BadRequest, bad_request)
+
+    async def query(request: Request) -> np.ndarray:
+        return parse_query(await request.body(), dim)
+
+    def answer(ids: Any, scores: Any) -> Response:
+        return Response(encode_answer(ids, scores), media_type="application/json")
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    if variant == "raptors":
+        scorer = make_raptors_scorer(m)
+
+        @app.post("/score")
+        async def score_raptors(
+            request: Request,
+            q: Annotated[np.ndarray, Depends(query)],
+            pool: Annotated[rp.Pool, Depends(rx.tenant_pool)],
+        ) -> Response:
+            priority = parse_priority(request)
+            timeout = parse_timeout(request, rx.default_timeout)
+            ids, scores = await rx.run(request, pool, scorer, q, priority=priority, timeout=timeout)
+            return answer(ids, scores)
+
+    elif variant == "raptors-batch":
+        batcher = Batcher(make_raptors_batch_scorer(m), max_batch=32)
+        app.state.batcher = batcher
+
+        @app.post("/score")
+        async def score_raptors_batch(
+            request: Request,
+            q: Annotated[np.ndarray, Depends(query)],
+            pool: Annotated[rp.Pool, Depends(rx.tenant_pool)],
+        ) -> Response:
+            priority = parse_priority(request)
+            timeout = parse_timeout(request, rx.default_timeout)
+            fut = batcher.submit(pool, q, priority=priority, timeout=timeout)
+            ids, scores = await rx.wait(request, fut)
+            return answer(ids, scores)
+
+    elif variant == "numpy-inline":
+
+        @app.post("/score")
+        async def score_inline(q: Annotated[np.ndarray, Depends(query)]) -> Response:
+            return answer(*topk_numpy(m, q))
+
+    elif variant == "numpy-to-thread":
+
+        @app.post("/score")
+        async def score_to_thread(q: Annotated[np.ndarray, Depends(query)]) -> Response:
+            return answer(*await asyncio.to_thread(topk_numpy, m, q))
+
+    elif variant == "numpy-def":
+
+        @app.post("/score")
+        def score_def(q: Annotated[np.ndarray, Depends(query)]) -> Response:
+            return answer(*topk_numpy(m, q))
+
+    else:
+        fixed = encode_answer(np.arange(K), np.zeros(K, dtype=np.float32))
+
+        @app.post("/score")
+        async def score_noop(q: Annotated[np.ndarray, Depends(query)]) -> Response:
+            return Response(fixed, media_type="application/json")
+
+    return app
+
+
+def app_from_env() -> Any:
+    """Factory for ``uvicorn --factory raptors.service:app_from_env``."""
+    return create_app()

@@ -1,0 +1,119 @@
+"""python -m raptors: --help everywhere, demo, serve, and an end-to-end bench smoke run."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+ENV = dict(os.environ)
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "raptors", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=ENV,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("cmd", [[], ["serve"], ["bench"], ["demo"]])
+def test_help(cmd):
+    r = run(*cmd, "--help")
+    assert r.returncode == 0, r.stderr
+    assert "usage: python -m raptors" in r.stdout
+    if cmd == ["bench"]:
+        assert "--quick" in r.stdout and "--variants" in r.stdout
+    if cmd == ["serve"]:
+        assert "--port" in r.stdout and "--host" in r.stdout
+
+
+def test_no_command_is_an_error():
+    assert run().returncode == 2
+
+
+def test_demo_runs_offline():
+    r = run("demo")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "ran in priority order: ['high', 'mid', 'low']" in out
+    assert "'doomed' status: cancelled" in out
+    assert "queue full: QueueFull" in out
+    assert "demo-compute" in out and "demo-serial" in out
+
+
+def _free_port() -> int:
+    from raptors.bench import free_port
+
+    return free_port()
+
+
+def test_serve_answers_and_stops_cleanly():
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "raptors", "serve", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=ENV,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError):
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/health")
+                if conn.getresponse().status == 200:
+                    break
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.1)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request(
+            "POST",
+            "/score",
+            body=json.dumps({"query": [0.5] * 256}),
+            headers={"Content-Type": "application/json", "X-Tenant": "cli"},
+        )
+        resp = conn.getresponse()
+        doc = json.loads(resp.read())
+        assert resp.status == 200 and len(doc["ids"]) == 10
+        conn.request("GET", "/stats")
+        stats = json.loads(conn.getresponse().read())
+        assert stats["pools"]["tenant-cli"]["completed"] == 1
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=20)[0].decode()
+    assert proc.returncode == 0, out
+
+
+def test_bench_quick_smoke(tmp_path):
+    t0 = time.monotonic()
+    r = run(
+        "bench", "--quick", "--duration", "1", "--warmup", "0.3",
+        "--variants", "raptors,noop", "--clients", "4", "--out", str(tmp_path),
+        timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "req/s" in out and "health p99" in out
+    lines = [ln for ln in out.splitlines() if ln.startswith(("raptors ", "noop "))]
+    assert len(lines) == 2, out
+    assert "same" in lines[0]
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    assert set(doc["summary"]) == {"raptors", "noop"}
+    assert doc["summary"]["raptors"]["rps"] > 0
+    assert doc["answers"]["raptors"] == "same"
+    assert time.monotonic() - t0 < 60

@@ -1,0 +1,451 @@
+"""raptors.fastapi: lifespan, dependencies, tenants, error mapping, disconnects, metrics."""
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from typing import Annotated
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("prometheus_client")
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+import raptors as rp
+from raptors.fastapi import (
+    Batcher,
+    PoolConfig,
+    Raptors,
+    TenantTemplate,
+    retry_after_seconds,
+)
+
+
+def uniq(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def wait_until(cond, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.002)
+
+
+def block(pool: rp.Pool) -> tuple[threading.Event, rp.Job]:
+    """Occupy every worker of ``pool`` until the returned event is set."""
+    gate = threading.Event()
+    jobs = [pool.submit(gate.wait, 10.0) for _ in range(pool.threads)]
+    wait_until(lambda: pool.stats().running == pool.threads)
+    return gate, jobs
+
+
+def make_app(rx: Raptors, pool_name: str | None = None) -> FastAPI:
+    app = FastAPI(lifespan=rx.lifespan)
+    rx.install(app)
+
+    if pool_name is not None:
+        named = rx.pool(pool_name)
+
+        @app.get("/pool")
+        async def which(pool: Annotated[rp.Pool, Depends(named)]) -> dict:
+            return {"name": pool.name, "threads": pool.threads, "queue": pool.queue_capacity}
+
+        @app.post("/work")
+        async def work(request: Request, pool: Annotated[rp.Pool, Depends(named)]) -> dict:
+            timeout = request.query_params.get("timeout")
+            value = await rx.run(
+                request, pool, sum, [1, 2, 3], timeout=float(timeout) if timeout else None
+            )
+            return {"value": value}
+
+    @app.post("/tenant")
+    async def tenant(request: Request, pool: Annotated[rp.Pool, Depends(rx.tenant_pool)]) -> dict:
+        value = await rx.run(request, pool, sum, [1, 2])
+        return {"pool": pool.name, "value": value}
+
+    return app
+
+
+def test_lifespan_creates_and_closes_pools():
+    a, b = uniq("life-a"), uniq("life-b")
+    rx = Raptors(pools=[PoolConfig(a, threads=2, queue=7), {"name": b, "threads": 1}])
+    app = make_app(rx, a)
+    with TestClient(app) as client:
+        pa, pb = rp.get_pool(a), rp.get_pool(b)
+        assert (pa.threads, pa.queue_capacity) == (2, 7)
+        assert pb.threads == 1 and not pa.closed and not pb.closed
+        assert client.get("/pool").json() == {"name": a, "threads": 2, "queue": 7}
+        assert client.post("/work").json() == {"value": 6}
+        assert app.state.raptors is rx
+    assert pa.closed and pb.closed
+    assert a not in [p.name for p in rp.pools()]
+    with pytest.raises(KeyError):
+        rp.get_pool(a)
+    assert pa.stats().completed == 1
+
+
+def test_pool_config_dict_form_and_validation():
+    rx = Raptors(pools={"x": {"threads": 1, "queue": 3}})
+    assert rx.configs == [PoolConfig("x", 1, 3)]
+    with pytest.raises(ValueError, match="unique"):
+        Raptors(pools=[{"name": "x"}, {"name": "x"}])
+    with pytest.raises(ValueError, match="unknown keys"):
+        Raptors(pools=[{"name": "x", "thread": 2}])
+    with pytest.raises(ValueError, match="overflow"):
+        TenantTemplate(overflow="drop")
+
+
+def test_shutdown_drains_accepted_jobs():
+    name = uniq("drain")
+    rx = Raptors(pools=[PoolConfig(name, threads=1, queue=8)])
+    app = make_app(rx, name)
+    done = []
+    with TestClient(app):
+        pool = rp.get_pool(name)
+        jobs = [pool.submit(lambda i=i: (time.sleep(0.02), done.append(i))) for i in range(5)]
+    # close(wait=True) in the lifespan exit: every accepted job has finished.
+    assert sorted(done) == list(range(5))
+    assert all(j.status == "done" for j in jobs)
+
+
+def test_queue_full_is_503_with_retry_after_from_stats():
+    name = uniq("full")
+    rx = Raptors(pools=[PoolConfig(name, threads=1, queue=8)])
+    with TestClient(make_app(rx, name)) as client:
+        pool = rp.get_pool(name)
+        pool.submit(time.sleep, 0.3).result(timeout=5)  # run_p50 becomes ~0.3 s
+        gate, _ = block(pool)
+        fillers = [pool.submit(time.sleep, 0) for _ in range(8)]
+        r = client.post("/work")
+        gate.set()
+        assert r.status_code == 503
+        # 8 queued x ~0.3 s run_p50 / 1 thread = 2.4 s -> 3 whole seconds
+        assert r.headers["Retry-After"] == "3"
+        assert r.json()["retry_after"] == 3
+        for f in fillers:
+            f.result(timeout=5)
+        assert pool.stats().rejected == 1
+
+
+def test_retry_after_estimate():
+    class S:
+        threads, queued, run_p50 = 4, 10, 0.5
+
+    assert retry_after_seconds(S) == 2  # ceil(10 * 0.5 / 4)
+    S.run_p50 = 0.0
+    assert retry_after_seconds(S) == 1  # never below one second
+
+
+def test_deadline_is_504():
+    name = uniq("deadline")
+    rx = Raptors(pools=[PoolConfig(name, threads=1, queue=8)])
+    with TestClient(make_app(rx, name)) as client:
+        pool = rp.get_pool(name)
+        gate, _ = block(pool)
+        timer = threading.Timer(0.3, gate.set)
+        timer.start()
+        r = client.post("/work?timeout=0.05")
+        timer.join()
+        assert r.status_code == 504
+        wait_until(lambda: pool.stats().running == 0)
+        assert pool.stats().expired == 1
+
+
+def test_closed_pool_is_503():
+    name = uniq("closed")
+    rx = Raptors(pools=[PoolConfig(name, threads=1, queue=8)])
+    with TestClient(make_app(rx, name)) as client:
+        rx.get(name).close()
+        r = client.post("/work")
+        assert r.status_code == 503
+        assert "Retry-After" in r.headers
+
+
+def tenant_app(**template) -> tuple[Raptors, FastAPI]:
+    prefix = uniq("t") + "-"
+    rx = Raptors(tenants=TenantTemplate(prefix=prefix, **template))
+    return rx, make_app(rx)
+
+
+def test_tenant_pools_are_isolated():
+    rx, app = tenant_app(threads=1, queue=2)
+    with TestClient(app) as client:
+        r = client.post("/tenant", headers={"X-Tenant": "noisy"})
+        assert r.status_code == 200
+        noisy = rx.tenants.get("noisy")
+        assert r.json()["pool"] == noisy.name
+        gate, _ = block(noisy)
+        flood = [noisy.submit(time.sleep, 0) for _ in range(2)]
+        assert client.post("/tenant", headers={"X-Tenant": "noisy"}).status_code == 503
+        # The quiet tenant's job does not wait behind the noisy one's queue.
+        t0 = time.monotonic()
+        r = client.post("/tenant", headers={"X-Tenant": "quiet"})
+        assert r.status_code == 200 and r.json()["value"] == 3
+        assert time.monotonic() - t0 < 2.0
+        assert r.json()["pool"] != noisy.name
+        # No header: the default tenant, its own pool.
+        r = client.post("/tenant")
+        assert r.json()["pool"] == rx.tenants.get("default").name
+        gate.set()
+        for f in flood:
+            f.result(timeout=5)
+        names = {p.name for p in rx.tenants.pools().values()}
+    assert len(names) == 3
+    assert not any(n in [p.name for p in rp.pools()] for n in names)
+
+
+def test_shutdown_drains_and_closes_tenant_pools():
+    rx, app = tenant_app(threads=1, queue=8)
+    done = []
+    with TestClient(app) as client:
+        assert client.post("/tenant", headers={"X-Tenant": "t1"}).status_code == 200
+        pool = rx.tenants.get("t1")
+        jobs = [pool.submit(lambda i=i: (time.sleep(0.02), done.append(i))) for i in range(4)]
+    assert pool.closed
+    assert sorted(done) == list(range(4))
+    assert all(j.status == "done" for j in jobs)
+
+
+def test_bad_tenant_header_is_400():
+    _, app = tenant_app()
+    with TestClient(app) as client:
+        assert client.post("/tenant", headers={"X-Tenant": "a b/c"}).status_code == 400
+        assert client.post("/tenant", headers={"X-Tenant": "x" * 65}).status_code == 400
+
+
+def test_tenant_cap_rejects_with_429():
+    rx, app = tenant_app(max_tenants=2, idle_timeout=60)
+    with TestClient(app) as client:
+        for t in ("a", "b"):
+            assert client.post("/tenant", headers={"X-Tenant": t}).status_code == 200
+        # Both are idle but recently used: the least recently used idle one is evicted.
+        r = client.post("/tenant", headers={"X-Tenant": "c"})
+        assert r.status_code == 200
+        assert rx.tenants.evicted == 1
+        gates = [block(rx.tenants.get(t))[0] for t in ("b", "c")]
+        r = client.post("/tenant", headers={"X-Tenant": "d"})
+        assert r.status_code == 429 and "Retry-After" in r.headers
+        assert rx.tenants.refused == 1
+        for g in gates:
+            g.set()
+
+
+def test_tenant_cap_shared_overflow_pool():
+    rx, app = tenant_app(max_tenants=1, overflow="shared")
+    with TestClient(app) as client:
+        assert client.post("/tenant", headers={"X-Tenant": "a"}).status_code == 200
+        gate, _ = block(rx.tenants.get("a"))
+        r1 = client.post("/tenant", headers={"X-Tenant": "b"})
+        r2 = client.post("/tenant", headers={"X-Tenant": "c"})
+        gate.set()
+        assert r1.status_code == r2.status_code == 200
+        assert r1.json()["pool"] == r2.json()["pool"] == rx.tenants.template.prefix + "overflow"
+        snap = client.get("/stats").json()["tenants"]
+        assert snap["overflow_tenants"] == ["b", "c"]
+
+
+def test_idle_tenants_are_evicted_and_closed():
+    rx, app = tenant_app(idle_timeout=0.05)
+    with TestClient(app) as client:
+        assert client.post("/tenant", headers={"X-Tenant": "old"}).status_code == 200
+        old = rx.tenants.get("old")
+        time.sleep(0.15)
+        assert client.post("/tenant", headers={"X-Tenant": "new"}).status_code == 200
+        assert old.closed
+        assert "old" not in rx.tenants.pools()
+        assert rx.tenants.evicted >= 1
+        assert old.stats().completed == 1  # nothing was lost by the eviction
+
+
+def test_busy_tenant_is_not_evicted():
+    rx, app = tenant_app(idle_timeout=0.05)
+    with TestClient(app) as client:
+        busy = rx.tenants.get("busy")
+        gate, jobs = block(busy)
+        time.sleep(0.15)
+        rx.tenants.sweep()
+        assert not busy.closed
+        gate.set()
+        jobs[0].result(timeout=5)
+        assert client.post("/tenant", headers={"X-Tenant": "busy"}).status_code == 200
+
+
+async def test_disconnect_before_start_cancels_the_job():
+    name = uniq("disc")
+    rx = Raptors(pools=[PoolConfig(name, threads=1, queue=8)])
+    app = make_app(rx, name)
+    async with rx.lifespan(app):
+        pool = rp.get_pool(name)
+        gate, _ = block(pool)
+        disconnected = asyncio.Event()
+        sent: list[dict] = []
+        body_sent = False
+
+        async def receive() -> dict:
+            nonlocal body_sent
+            if not body_sent:
+                body_sent = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await disconnected.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "scheme": "http", "path": "/work", "raw_path": b"/work", "query_string": b"",
+            "root_path": "", "headers": [(b"host", b"test")], "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80), "app": app, "state": {},
+        }  # fmt: skip
+        task = asyncio.ensure_future(app(scope, receive, send))
+        while pool.stats().queued < 1:
+            await asyncio.sleep(0.002)
+        disconnected.set()
+        await asyncio.wait_for(task, 5)
+        gate.set()
+        st = pool.stats()
+        assert st.cancelled == 1
+        assert st.completed + st.running + st.queued <= 1  # only the blocker ran
+        assert sent[0]["status"] == 499
+
+
+async def test_job_that_started_survives_disconnect():
+    name = uniq("disc2")
+    rx = Raptors(pools=[PoolConfig(name, threads=1, queue=8)])
+    app = make_app(rx, name)
+    async with rx.lifespan(app):
+        pool = rp.get_pool(name)
+        req = Request({"type": "http", "headers": []}, receive=_disconnect_now)
+        job = pool.submit(time.sleep, 0.05)
+        while not job.running():
+            await asyncio.sleep(0.001)
+        await rx.wait(req, job)  # disconnect arrives, cancel refused: result delivered
+        assert job.status == "done"
+
+
+async def _disconnect_now() -> dict:
+    return {"type": "http.disconnect"}
+
+
+def test_metrics_parse_and_carry_the_numbers():
+    name = uniq("metrics")
+    rx, app = tenant_app(threads=1, queue=4)
+    rx.configs.append(PoolConfig(name, threads=1, queue=1))
+    with TestClient(app) as client:
+        pool = rx.get(name)
+        pool.submit(sum, [1]).result(timeout=5)
+        pool.submit(sum, [2]).result(timeout=5)
+        with pytest.raises(TypeError):
+            pool.submit(sum, 3).result(timeout=5)
+        gate, _ = block(pool)
+        queued = pool.submit(time.sleep, 0)
+        with pytest.raises(rp.QueueFull):
+            pool.submit(time.sleep, 0)
+        client.post("/tenant", headers={"X-Tenant": "acme"})
+        r = client.get("/metrics")
+        gate.set()
+        queued.result(timeout=5)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(r.text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    lab = (("pool", name), ("tenant", ""))
+    assert samples[("raptors_jobs_submitted_total", lab)] == 5
+    assert samples[("raptors_jobs_completed_total", lab)] == 2
+    assert samples[("raptors_jobs_failed_total", lab)] == 1
+    assert samples[("raptors_jobs_rejected_total", lab)] == 1
+    assert samples[("raptors_pool_queued", lab)] == 1
+    assert samples[("raptors_pool_running", lab)] == 1
+    assert samples[("raptors_pool_threads", lab)] == 1
+    assert samples[("raptors_pool_queue_capacity", lab)] == 1
+    assert 0.0 <= samples[("raptors_pool_utilization", lab)] <= 1.0
+    for kind in ("wait", "run"):
+        for q in ("0.5", "0.99"):
+            key = tuple(sorted((*lab, ("quantile", q))))
+            assert samples[(f"raptors_job_{kind}_seconds", key)] >= 0.0
+    tenant_lab = (("pool", rx.tenants.template.prefix + "acme"), ("tenant", "acme"))
+    assert samples[("raptors_jobs_completed_total", tenant_lab)] == 1
+
+
+def test_json_stats_per_pool_and_tenant():
+    name = uniq("stats")
+    rx, app = tenant_app(threads=1, queue=4)
+    rx.configs.append(PoolConfig(name, threads=1, queue=4))
+    with TestClient(app) as client:
+        client.post("/tenant", headers={"X-Tenant": "acme"})
+        acme = rx.tenants.get("acme")
+        gate, _ = block(acme)
+        pending = [acme.submit(time.sleep, 0) for _ in range(3)]
+        doc = client.get("/stats").json()
+        gate.set()
+        for p in pending:
+            p.result(timeout=5)
+    json.dumps(doc)
+    assert doc["pools"][name]["submitted"] == 0
+    assert doc["pools"][acme.name]["queued"] == 3
+    assert doc["pools"][acme.name]["running"] == 1
+    assert doc["tenants"]["tenants"]["acme"] == {
+        "pool": acme.name,
+        "queued": 3,
+        "running": 1,
+        "idle_seconds": doc["tenants"]["tenants"]["acme"]["idle_seconds"],
+    }
+    assert doc["tenants"]["count"] == 1
+
+
+async def test_batcher_coalesces_and_keeps_order():
+    pool = rp.Pool(uniq("batch"), threads=1, queue=4)
+    calls: list[list[int]] = []
+
+    def double_all(items):
+        calls.append(list(items))
+        return [2 * x for x in items]
+
+    batcher = Batcher(double_all, max_batch=3)
+    try:
+        gate, _ = block(pool)
+        futs = [batcher.submit(pool, i) for i in range(7)]
+        # The worker is busy: the first call took the one slot (queued alone),
+        # the other six wait in the batcher and leave three at a time.
+        assert pool.stats().queued == 1
+        gate.set()
+        assert await asyncio.gather(*futs) == [2 * i for i in range(7)]
+        assert calls == [[0], [1, 2, 3], [4, 5, 6]]
+        assert (batcher.batches, batcher.items) == (3, 7)
+    finally:
+        pool.close()
+
+
+async def test_batcher_drops_cancelled_items_and_reports_queue_full():
+    pool = rp.Pool(uniq("batch2"), threads=1, queue=1)
+    seen: list[list[int]] = []
+
+    def record(items):
+        seen.append(list(items))
+        return items
+
+    batcher = Batcher(record)
+    try:
+        gate, _ = block(pool)
+        filler = pool.submit(time.sleep, 0)  # the queue (capacity 1) is now full
+        first = batcher.submit(pool, 0)
+        with pytest.raises(rp.QueueFull):
+            await first
+        # The pool is still busy, so later items queue in the batcher itself.
+        gate.set()
+        filler.result(timeout=5)
+        a, b = batcher.submit(pool, 1), batcher.submit(pool, 2)
+        b.cancel()
+        assert await a == 1
+        assert [2] not in seen and all(2 not in s for s in seen)
+    finally:
+        pool.close()

@@ -1,0 +1,259 @@
+"""The demo scoring service: answers, HTTP surface, 4xx, 503, 504, tenants, stats."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("prometheus_client")
+
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+import raptors as rp
+from raptors import bench, service
+
+SMALL = service.make_matrix(rows=2_000, dim=service.DIM, seed=5)
+
+
+def body(q) -> dict:
+    return {"query": [float(x) for x in q]}
+
+
+@pytest.fixture(scope="module")
+def queries() -> np.ndarray:
+    return service.make_queries(6)
+
+
+def test_matrix_is_seeded_normalised_float32():
+    m = service.make_matrix()
+    assert m.shape == (20_000, 256) and m.dtype == np.float32 and m.flags.c_contiguous
+    np.testing.assert_allclose(np.linalg.norm(m, axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(m[:3], service.make_matrix()[:3])
+
+
+@pytest.mark.parametrize(
+    "variant", ["raptors", "raptors-batch", "numpy-inline", "numpy-to-thread", "numpy-def"]
+)
+def test_every_variant_gives_the_same_correct_top10(variant, queries):
+    m64 = SMALL.astype(np.float64)
+    app = service.create_app(variant, matrix=SMALL, tenant_threads=1)
+    with TestClient(app) as client:
+        for q in [*queries, np.zeros(service.DIM, np.float32), SMALL[42] * 3]:
+            r = client.post("/score", json=body(q))
+            assert r.status_code == 200, r.text
+            doc = r.json()
+            assert set(doc) == {"ids", "scores"}
+            assert all(isinstance(i, int) for i in doc["ids"])
+            assert bench.answer_problem(m64, q, doc["ids"], doc["scores"]) is None
+        doc = client.post("/score", json=body(SMALL[42] * 3)).json()
+        assert doc["ids"][0] == 42 and doc["scores"][0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_batch_variant_coalesces_waiting_requests(queries):
+    m64 = SMALL.astype(np.float64)
+    app = service.create_app("raptors-batch", matrix=SMALL, tenant_threads=1, tenant_queue=8)
+    with TestClient(app) as c:
+        pool = app.state.raptors.tenants.get("default")
+        gate = threading.Event()
+        pool.submit(gate.wait, 10.0)
+        while pool.stats().running < 1:
+            time.sleep(0.002)
+        answers: dict[int, dict] = {}
+
+        def call(i: int) -> None:
+            answers[i] = c.post("/score", json=body(queries[i])).json()
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(queries))]
+        for t in threads:
+            t.start()
+        # The first request takes the one free slot; the rest wait as one batch.
+        deadline = time.monotonic() + 5
+        while app.state.batcher.items < 1 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        time.sleep(0.2)
+        gate.set()
+        for t in threads:
+            t.join(10)
+        assert app.state.batcher.items == len(queries)
+        assert app.state.batcher.batches < len(queries)
+    for i, q in enumerate(queries):
+        assert bench.answer_problem(m64, q, answers[i]["ids"], answers[i]["scores"]) is None
+
+
+def test_answer_check_catches_wrong_answers(queries):
+    m64 = SMALL.astype(np.float64)
+    q = queries[0]
+    ids, scores = service.topk_numpy(SMALL, q)
+    ids, scores = ids.tolist(), scores.tolist()
+    assert bench.answer_problem(m64, q, ids, scores) is None
+    assert bench.answer_problem(m64, q, ids[:9] + [ids[0]], scores) is not None
+    worse = int(np.argsort(SMALL @ q)[-20])
+    assert bench.answer_problem(m64, q, ids[:9] + [worse], scores) is not None
+    assert bench.answer_problem(m64, q, ids, [s + 0.01 for s in scores]) is not None
+
+
+@pytest.fixture()
+def client():
+    app = service.create_app("raptors", matrix=SMALL, tenant_threads=1, tenant_queue=2)
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.mark.parametrize(
+    "payload,status",
+    [
+        (b"not json", 400),
+        (b"[1, 2]", 422),
+        (b'{"q": []}', 422),
+        (b'{"query": [1.0, 2.0]}', 422),
+        (b'{"query": "abc"}', 422),
+        (('{"query": [' + ",".join(['"1"'] * 256) + "]}").encode(), 422),
+        (('{"query": [' + ",".join(["true"] * 256) + "]}").encode(), 422),
+        (('{"query": [' + ",".join(["NaN"] * 256) + "]}").encode(), 422),
+        (('{"query": [' + ",".join(["[1]"] * 256) + "]}").encode(), 422),
+        (('{"query": [' + ",".join(["1e39"] * 256) + "]}").encode(), 422),
+        (('{"query": [' + ",".join(["1" + "0" * 400] + ["1"] * 255) + "]}").encode(), 422),
+        (b" " * 70_000, 413),
+    ],
+)
+def test_malformed_requests_are_4xx(client, payload, status):
+    r = client.post("/score", content=payload, headers={"Content-Type": "application/json"})
+    assert r.status_code == status, r.text
+
+
+def test_integers_are_accepted(client):
+    r = client.post("/score", json={"query": [1] * service.DIM})
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers,params",
+    [({"X-Priority": "high"}, {}), ({}, {"priority": "1.5"}), ({"X-Timeout": "-1"}, {}),
+     ({}, {"timeout": "soon"}), ({"X-Tenant": "bad tenant"}, {})],
+)  # fmt: skip
+def test_bad_headers_are_400(client, queries, headers, params):
+    r = client.post("/score", json=body(queries[0]), headers=headers, params=params)
+    assert r.status_code == 400, r.text
+
+
+def test_priority_header_and_query_param():
+    class R:
+        def __init__(self, headers, params):
+            self.headers, self.query_params = headers, params
+
+    assert service.parse_priority(R({}, {})) == 0
+    assert service.parse_priority(R({"x-priority": "7"}, {"priority": "1"})) == 7
+    assert service.parse_priority(R({}, {"priority": "-3"})) == -3
+
+
+def test_priorities_order_queued_requests(queries):
+    app = service.create_app("raptors", matrix=SMALL, tenant_threads=1, tenant_queue=8)
+    with TestClient(app) as c:
+        pool = app.state.raptors.tenants.get("prio")
+        gate = threading.Event()
+        pool.submit(gate.wait, 10.0)
+        while pool.stats().running < 1:
+            time.sleep(0.002)
+        statuses: list[int] = []
+
+        def call(priority_header=None, params=None):
+            headers = {"X-Tenant": "prio"}
+            if priority_header is not None:
+                headers["X-Priority"] = priority_header
+            r = c.post("/score", json=body(queries[0]), headers=headers, params=params)
+            statuses.append(r.status_code)
+
+        threads = [
+            threading.Thread(target=call),
+            threading.Thread(target=call, args=("9",)),
+            threading.Thread(target=call, kwargs={"params": {"priority": "5"}}),
+        ]
+        for n, t in enumerate(threads, 1):
+            t.start()
+            while pool.stats().queued < n:
+                time.sleep(0.002)
+        # A probe at priority 3 runs after the two prioritised requests and
+        # before the priority-0 one, which must still be waiting then.
+        probe = pool.submit(lambda: pool.stats().queued, priority=3)
+        gate.set()
+        for t in threads:
+            t.join(10)
+        assert probe.result(timeout=5) == 1
+    assert statuses == [200, 200, 200]
+
+
+def test_full_tenant_queue_is_503_and_other_tenants_are_served(client, queries):
+    rx = client.app.state.raptors
+    pool = rx.tenants.get("noisy")
+    gate = threading.Event()
+    pool.submit(gate.wait, 10.0)
+    while pool.stats().running < 1:
+        time.sleep(0.002)
+    fill = [pool.submit(time.sleep, 0) for _ in range(2)]
+    r = client.post("/score", json=body(queries[0]), headers={"X-Tenant": "noisy"})
+    assert r.status_code == 503
+    assert int(r.headers["Retry-After"]) >= 1
+    r = client.post("/score", json=body(queries[0]), headers={"X-Tenant": "quiet"})
+    assert r.status_code == 200
+    gate.set()
+    for f in fill:
+        f.result(timeout=5)
+
+
+def test_expired_deadline_is_504(client, queries):
+    pool = client.app.state.raptors.tenants.get("slow")
+    gate = threading.Event()
+    pool.submit(gate.wait, 10.0)
+    while pool.stats().running < 1:
+        time.sleep(0.002)
+    timer = threading.Timer(0.3, gate.set)
+    timer.start()
+    r = client.post(
+        "/score", json=body(queries[0]), headers={"X-Tenant": "slow", "X-Timeout": "0.05"}
+    )
+    timer.join()
+    assert r.status_code == 504
+    assert pool.stats().expired == 1
+
+
+def test_health_metrics_stats(client, queries):
+    assert client.get("/health").json() == {"status": "ok"}
+    for tenant in ("acme", "globex"):
+        assert client.post("/score", json=body(queries[1]), headers={"X-Tenant": tenant}).is_success
+    assert client.post("/score", json=body(queries[1])).is_success
+    stats = client.get("/stats").json()
+    prefix = client.app.state.raptors.tenants.template.prefix
+    for tenant in ("acme", "globex", "default"):
+        st = stats["pools"][prefix + tenant]
+        assert st["completed"] == 1 and st["submitted"] == 1
+        assert stats["tenants"]["tenants"][tenant]["pool"] == prefix + tenant
+    text = client.get("/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    done = {
+        s.labels["tenant"]: s.value
+        for s in families["raptors_jobs_completed"].samples
+        if s.name.endswith("_total")
+    }
+    assert done == {"acme": 1.0, "globex": 1.0, "default": 1.0}
+
+
+@pytest.mark.parametrize("variant", ["numpy-inline", "noop"])
+def test_baseline_variants_expose_the_same_routes(variant, queries):
+    with TestClient(service.create_app(variant, matrix=SMALL)) as c:
+        assert c.get("/health").status_code == 200
+        assert c.get("/stats").json()["pools"] == {}
+        assert c.get("/metrics").status_code == 200
+        doc = c.post("/score", json=body(queries[0])).json()
+        assert len(doc["ids"]) == len(doc["scores"]) == service.K
+        assert c.post("/score", content=b"{}").status_code == 422
+
+
+def test_unknown_variant():
+    with pytest.raises(ValueError, match="variant"):
+        service.create_app("numba")
+    assert rp.Pool  # the service is built on the public API only
