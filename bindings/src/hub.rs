@@ -61,18 +61,41 @@ impl Hub {
 impl Hub {
     /// Drains every queued delivery; called by the loop when the wake-up
     /// descriptor is readable.
-    fn __call__(&self, py: Python<'_>) {
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
         self.wake.clear();
         self.signalled.store(false, Ordering::Release);
         while let Some(delivery) = self.queue.pop() {
             let job = delivery.job.bind(py);
-            for callback in delivery.callbacks {
-                if let Err(err) = callback.invoke(py, job.as_any()) {
-                    report_callback_error(py, &self.event_loop, job.as_any(), err);
+            let mut callbacks = delivery.callbacks.into_iter();
+            while let Some(callback) = callbacks.next() {
+                let Err(err) = callback.invoke(py, job.as_any()) else {
+                    continue;
+                };
+                if is_exit_request(py, &err) {
+                    // As asyncio does for KeyboardInterrupt/SystemExit: let it
+                    // stop the loop. What is left is delivered on the next drain.
+                    let rest: Vec<Callback> = callbacks.collect();
+                    if !rest.is_empty() {
+                        self.push(Delivery {
+                            job: delivery.job.clone_ref(py),
+                            callbacks: rest,
+                        });
+                    } else if !self.queue.is_empty() {
+                        self.signalled.store(true, Ordering::Release);
+                        self.wake.signal();
+                    }
+                    return Err(err);
                 }
+                report_callback_error(py, &self.event_loop, job.as_any(), err);
             }
         }
+        Ok(())
     }
+}
+
+fn is_exit_request(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)
+        || err.is_instance_of::<pyo3::exceptions::PySystemExit>(py)
 }
 
 /// Hands a failing callback's exception to the loop's exception handler,
