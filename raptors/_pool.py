@@ -29,24 +29,29 @@ _DEFAULT_NAME = "default"
 class Pool(PoolCore, concurrent.futures.Executor):
     """A named pool of native worker threads with a bounded priority queue.
 
-    ``Pool(name, threads=None, queue=1024)``: ``threads`` workers (``None``:
-    ``RAPTORS_THREADS`` or the usable cores) and at most ``queue`` jobs
-    waiting. ``submit`` raises ``QueueFull`` at once when every worker is busy
-    and the queue is full.
+    ``Pool(name, threads=None, queue=1024, *, nice=5)``: ``threads`` workers
+    (``None``: ``RAPTORS_THREADS`` or the usable cores) and at most ``queue``
+    jobs waiting. ``submit`` raises ``QueueFull`` at once when every worker is
+    busy and the queue is full. Workers run ``nice`` steps below normal OS
+    priority (Linux) so the event loop is scheduled first; ``nice=0`` opts out.
     """
 
-    def __new__(cls, name: str, threads: int | None = None, queue: int = 1024) -> Pool:
+    def __new__(
+        cls, name: str, threads: int | None = None, queue: int = 1024, *, nice: int | None = None
+    ) -> Pool:
         if queue is None:
             # PoolCore reads None as "default"; the public API has no such value.
             raise TypeError("queue must be an int, not NoneType")
         with _registry_lock:
             if isinstance(name, str) and name in _registry:
                 raise ValueError(f"a pool named {name!r} is already open")
-            self = super().__new__(cls, name, threads, queue)
+            self = super().__new__(cls, name, threads, queue, nice=nice)
             _registry[name] = self
             return self
 
-    def __init__(self, name: str, threads: int | None = None, queue: int = 1024) -> None:
+    def __init__(
+        self, name: str, threads: int | None = None, queue: int = 1024, *, nice: int | None = None
+    ) -> None:
         # Everything happens in __new__, under the registry lock.
         pass
 

@@ -587,3 +587,50 @@ def test_interpreter_exit_with_work_in_flight(rp):
         """,
     )
     assert "main done" in out
+
+
+def _thread_nice(name):
+    """Niceness of this process's thread called `name` (Linux /proc)."""
+    import glob
+
+    for task in glob.glob("/proc/self/task/*"):
+        with open(f"{task}/comm") as f:
+            if f.read().strip() != name:
+                continue
+        with open(f"{task}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[16])  # field 19 of stat, counted after the comm
+    raise LookupError(name)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux-only")
+@pytest.mark.parametrize("nice", [0, 7, None])
+def test_workers_run_at_lower_os_priority(rp, nice):
+    import uuid
+
+    name = "nc" + uuid.uuid4().hex[:8]  # thread names are cut at 15 bytes
+    pool = rp.Pool(name, threads=2, queue=4, nice=nice)
+    try:
+        pool.submit(abs, 1).result(timeout=10)  # workers have started
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        expected = min(19, base + (5 if nice is None else nice))
+        assert pool.nice == (5 if nice is None else nice)
+        for worker in (f"{name}-0", f"{name}-1"):
+            # A worker names itself and sets its priority when it first runs.
+            deadline = time.monotonic() + HANG
+            while True:
+                try:
+                    if _thread_nice(worker) == expected:
+                        break
+                except LookupError:
+                    pass
+                assert time.monotonic() < deadline, f"{worker} never ran at nice {expected}"
+                time.sleep(0.01)
+    finally:
+        pool.close()
+
+
+@pytest.mark.parametrize("bad, error", [(-1, ValueError), (20, ValueError), ("5", TypeError)])
+def test_nice_is_validated(rp, unique_name, bad, error):
+    with pytest.raises(error, match="nice"):
+        rp.Pool(unique_name(), threads=1, nice=bad)
