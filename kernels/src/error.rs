@@ -1,0 +1,51 @@
+//! The one error type every kernel entry point returns.
+
+use std::fmt;
+
+/// Why a kernel call was refused or stopped.
+///
+/// Each variant maps to one Python exception in the bindings: `Value` to
+/// `ValueError`, `Type` to `TypeError`, `Overflow` to `OverflowError` and
+/// `Cancelled` to the runtime's cancellation error. Messages follow NumPy's
+/// wording for the same problem so that users see familiar text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KernelError {
+    /// Bad shapes, axis, `k`, empty reduction without identity, arity.
+    Value(String),
+    /// An operand kind the operation does not accept.
+    Type(String),
+    /// A Python integer that does not fit the array's integer dtype (NEP 50).
+    Overflow(String),
+    /// The job was cancelled between two chunks of work.
+    Cancelled,
+}
+
+impl fmt::Display for KernelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KernelError::Value(m) | KernelError::Type(m) | KernelError::Overflow(m) => {
+                f.write_str(m)
+            }
+            KernelError::Cancelled => f.write_str("kernel cancelled"),
+        }
+    }
+}
+
+impl std::error::Error for KernelError {}
+
+/// Shorthand for a `ValueError`-kind error.
+pub(crate) fn value_error(msg: impl Into<String>) -> KernelError {
+    KernelError::Value(msg.into())
+}
+
+/// Formats a shape the way NumPy prints tuples: `(3,)`, `(2,3)`, `()`.
+pub(crate) fn shape_str(shape: &[usize]) -> String {
+    match shape {
+        [] => "()".to_string(),
+        [n] => format!("({n},)"),
+        _ => {
+            let parts: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+            format!("({})", parts.join(","))
+        }
+    }
+}

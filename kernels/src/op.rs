@@ -1,0 +1,212 @@
+//! The operation table (`Op`, `Params`) and the two entry points: `check`
+//! (metadata only, before a job is queued) and `run`.
+
+use crate::array::Value;
+use crate::error::{shape_str, value_error, KernelError};
+use crate::exec::Exec;
+use crate::ops;
+use crate::promote::{result_type, WeakIntPolicy};
+use crate::view::Operand;
+
+/// Every kernel the library offers.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+pub enum Op {
+    Dot,
+    Matmul,
+    Sum,
+    Mean,
+    Min,
+    Max,
+    Argmin,
+    Argmax,
+    Norm,
+    Add,
+    Subtract,
+    Multiply,
+    Divide,
+    Scale,
+    Clip,
+    CosineSimilarity,
+    Topk,
+}
+
+impl Op {
+    pub const ALL: [Op; 17] = [
+        Op::Dot,
+        Op::Matmul,
+        Op::Sum,
+        Op::Mean,
+        Op::Min,
+        Op::Max,
+        Op::Argmin,
+        Op::Argmax,
+        Op::Norm,
+        Op::Add,
+        Op::Subtract,
+        Op::Multiply,
+        Op::Divide,
+        Op::Scale,
+        Op::Clip,
+        Op::CosineSimilarity,
+        Op::Topk,
+    ];
+
+    /// The Python-facing name (`"dot"`, `"cosine_similarity"`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Dot => "dot",
+            Op::Matmul => "matmul",
+            Op::Sum => "sum",
+            Op::Mean => "mean",
+            Op::Min => "min",
+            Op::Max => "max",
+            Op::Argmin => "argmin",
+            Op::Argmax => "argmax",
+            Op::Norm => "norm",
+            Op::Add => "add",
+            Op::Subtract => "subtract",
+            Op::Multiply => "multiply",
+            Op::Divide => "divide",
+            Op::Scale => "scale",
+            Op::Clip => "clip",
+            Op::CosineSimilarity => "cosine_similarity",
+            Op::Topk => "topk",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Op> {
+        Op::ALL.into_iter().find(|op| op.name() == name)
+    }
+
+    /// Number of operands: dot 2, sum 1, scale 2 (a, factor), clip 3 (a, lo, hi), topk 1.
+    pub fn arity(self) -> usize {
+        match self {
+            Op::Sum
+            | Op::Mean
+            | Op::Min
+            | Op::Max
+            | Op::Argmin
+            | Op::Argmax
+            | Op::Norm
+            | Op::Topk => 1,
+            Op::Clip => 3,
+            _ => 2,
+        }
+    }
+
+    /// True for the reductions that take `axis`.
+    pub fn takes_axis(self) -> bool {
+        matches!(
+            self,
+            Op::Sum | Op::Mean | Op::Min | Op::Max | Op::Argmin | Op::Argmax | Op::Norm
+        )
+    }
+}
+
+/// Optional parameters: `axis` for the reductions (negative counts from the
+/// end, as in NumPy), `k` for `topk`.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Params {
+    pub axis: Option<isize>,
+    pub k: Option<usize>,
+}
+
+/// Cheap metadata-only validation (shapes, dtypes, axis, k, arity) done before a job is queued.
+pub fn check(op: Op, operands: &[Operand<'_>], params: &Params) -> Result<(), KernelError> {
+    if operands.len() != op.arity() {
+        return Err(KernelError::Type(format!(
+            "{}() takes {} operand{} ({} given)",
+            op.name(),
+            op.arity(),
+            if op.arity() == 1 { "" } else { "s" },
+            operands.len()
+        )));
+    }
+    if params.axis.is_some() && !op.takes_axis() {
+        return Err(KernelError::Type(format!(
+            "{}() does not take an axis",
+            op.name()
+        )));
+    }
+    if params.k.is_some() && op != Op::Topk {
+        return Err(KernelError::Type(format!(
+            "{}() does not take k",
+            op.name()
+        )));
+    }
+    match op {
+        Op::Dot => ops::dot::check_dot(&operands[0], &operands[1]).map(|_| ()),
+        Op::Matmul => ops::dot::check_matmul(&operands[0], &operands[1]).map(|_| ()),
+        Op::Sum | Op::Mean | Op::Min | Op::Max | Op::Argmin | Op::Argmax | Op::Norm => {
+            ops::reduce::check(op, &operands[0], params.axis).map(|_| ())
+        }
+        Op::Add | Op::Subtract | Op::Multiply | Op::Divide | Op::Scale => {
+            ops::elementwise::broadcast_shape(operands)?;
+            result_type(operands, WeakIntPolicy::Raise).map(|_| ())
+        }
+        Op::Clip => {
+            ops::elementwise::broadcast_shape(operands)?;
+            result_type(operands, WeakIntPolicy::Saturate).map(|_| ())
+        }
+        Op::CosineSimilarity => ops::cosine::check(&operands[0], &operands[1]),
+        Op::Topk => ops::topk::check(&operands[0], params.k).map(|_| ()),
+    }
+}
+
+/// Run the kernel. Results follow NumPy 2 dtype (NEP 50) and shape rules for the same call.
+pub fn run(
+    op: Op,
+    operands: &[Operand<'_>],
+    params: &Params,
+    exec: &dyn Exec,
+) -> Result<Value, KernelError> {
+    check(op, operands, params)?;
+    match op {
+        Op::Dot => ops::dot::dot(&operands[0], &operands[1], exec),
+        Op::Matmul => ops::dot::matmul(&operands[0], &operands[1], exec),
+        Op::Sum | Op::Mean | Op::Min | Op::Max | Op::Argmin | Op::Argmax | Op::Norm => {
+            ops::reduce::reduce(op, &operands[0], params.axis, exec)
+        }
+        Op::Add => ops::elementwise::binary(ops::elementwise::BinaryOp::Add, operands, exec),
+        Op::Subtract => {
+            ops::elementwise::binary(ops::elementwise::BinaryOp::Subtract, operands, exec)
+        }
+        Op::Multiply | Op::Scale => {
+            ops::elementwise::binary(ops::elementwise::BinaryOp::Multiply, operands, exec)
+        }
+        Op::Divide => ops::elementwise::binary(ops::elementwise::BinaryOp::Divide, operands, exec),
+        Op::Clip => ops::elementwise::clip(operands, exec),
+        Op::CosineSimilarity => ops::cosine::cosine_similarity(&operands[0], &operands[1], exec),
+        Op::Topk => ops::topk::topk(&operands[0], params.k, exec),
+    }
+}
+
+/// Resolves `axis` against `ndim` like NumPy (`AxisError` is a `ValueError`).
+/// A 0-d operand accepts axis 0 and -1 as NumPy does, meaning "all".
+pub(crate) fn normalize_axis(
+    axis: Option<isize>,
+    ndim: usize,
+) -> Result<Option<usize>, KernelError> {
+    let Some(a) = axis else { return Ok(None) };
+    if ndim == 0 && (a == 0 || a == -1) {
+        return Ok(None);
+    }
+    let n = ndim as isize;
+    if a < -n || a >= n {
+        return Err(value_error(format!(
+            "axis {a} is out of bounds for array of dimension {ndim}"
+        )));
+    }
+    Ok(Some(if a < 0 { (a + n) as usize } else { a as usize }))
+}
+
+/// `shapes (2,3) and (4,) not aligned: 3 (dim 1) != 4 (dim 0)`.
+pub(crate) fn not_aligned(a: &[usize], b: &[usize], da: usize, db: usize) -> KernelError {
+    value_error(format!(
+        "shapes {} and {} not aligned: {} (dim {da}) != {} (dim {db})",
+        shape_str(a),
+        shape_str(b),
+        a[da],
+        b[db]
+    ))
+}

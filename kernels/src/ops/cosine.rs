@@ -1,0 +1,158 @@
+//! `cosine_similarity(matrix, query)`: rows of a 2-D matrix against one 1-D
+//! query (shape `(rows,)`) or a 2-D batch of queries (shape `(rows, queries)`,
+//! as `matrix @ queries.T` normalised). A zero-norm row or query scores 0.
+//! Integer inputs compute in float64; float32 stays float32.
+
+use crate::array::Value;
+use crate::dtype::{with_float_dtype, DType, Float};
+use crate::error::{shape_str, value_error, KernelError};
+use crate::exec::{chunk_items, fill_chunks, Exec};
+use crate::gemm::gemm;
+use crate::loops;
+use crate::ops::operand::Typed;
+use crate::promote::promote_types;
+use crate::view::{Mat, Operand};
+
+fn array_shape<'o>(op: &'o Operand<'_>, what: &str) -> Result<&'o [usize], KernelError> {
+    match op {
+        Operand::Array(v) => Ok(v.shape()),
+        _ => Err(KernelError::Type(format!(
+            "cosine_similarity: {what} must be an array, not a Python scalar"
+        ))),
+    }
+}
+
+/// Validates shapes: matrix `(rows, d)`, query `(d,)` or `(queries, d)`.
+pub(crate) fn check(matrix: &Operand<'_>, query: &Operand<'_>) -> Result<(), KernelError> {
+    let (sm, sq) = (array_shape(matrix, "matrix")?, array_shape(query, "query")?);
+    if sm.len() != 2 {
+        return Err(value_error(format!(
+            "cosine_similarity: matrix must be 2-D, got shape {}",
+            shape_str(sm)
+        )));
+    }
+    if sq.is_empty() {
+        return Err(value_error(
+            "cosine_similarity: query must be 1-D or 2-D, got shape ()",
+        ));
+    }
+    if sq[sq.len() - 1] != sm[1] {
+        return Err(value_error(format!(
+            "cosine_similarity: matrix {} and query {} have different vector lengths ({} != {})",
+            shape_str(sm),
+            shape_str(sq),
+            sm[1],
+            sq[sq.len() - 1]
+        )));
+    }
+    Ok(())
+}
+
+fn result_dtype(matrix: &Operand<'_>, query: &Operand<'_>) -> DType {
+    let dt = match (matrix, query) {
+        (Operand::Array(a), Operand::Array(b)) => promote_types(a.dtype(), b.dtype()),
+        _ => DType::Float64,
+    };
+    if dt.is_float() {
+        dt
+    } else {
+        DType::Float64
+    }
+}
+
+/// `dot / (norm_a * norm_b)`, 0 when either norm is 0.
+#[inline]
+fn score<T: Float>(dot: T, na: T, nb: T) -> T {
+    if na == T::ZERO || nb == T::ZERO {
+        T::ZERO
+    } else {
+        dot.div(na.mul(nb))
+    }
+}
+
+fn row_norms<T: Float>(m: Mat<'_, T>) -> Vec<T> {
+    (0..m.rows())
+        .map(|r| loops::sumsq(m.row(r).as_slice().expect("unit stride")).sqrt())
+        .collect()
+}
+
+fn cosine<T: Float>(m: Mat<'_, T>, q: Mat<'_, T>, exec: &dyn Exec) -> Result<Value, KernelError> {
+    let owned;
+    let m = if m.cols() <= 1 || m.strides[1] == 1 {
+        m
+    } else {
+        owned = m.to_contiguous::<T>().into_owned();
+        Mat::from_contiguous(&owned, 2, m.rows(), m.cols())
+    };
+    let (rows, d) = (m.rows(), m.cols());
+    let item = std::mem::size_of::<T>();
+    if q.ndim == 1 {
+        let qv = q.row(0).contiguous();
+        let qn = loops::sumsq(&qv).sqrt();
+        let mut out = vec![T::ZERO; rows];
+        let per_row = (d * item).max(1);
+        fill_chunks(
+            exec,
+            &mut out,
+            chunk_items(per_row),
+            per_row,
+            |start, piece| {
+                for (i, o) in piece.iter_mut().enumerate() {
+                    let row = m.row(start + i).as_slice().expect("unit stride");
+                    let (dot, sq) = loops::dot_sumsq(row, &qv);
+                    *o = score(dot, sq.sqrt(), qn);
+                }
+            },
+        )?;
+        return Ok(Value::from_vec(out, vec![rows]));
+    }
+    let nq = q.rows();
+    let owned_q;
+    let q = if d <= 1 || q.strides[1] == 1 {
+        q
+    } else {
+        owned_q = q.to_contiguous::<T>().into_owned();
+        Mat::from_contiguous(&owned_q, 2, nq, d)
+    };
+    let (rn, qn) = (row_norms(m), row_norms(q));
+    let mut out = vec![T::ZERO; rows * nq];
+    // SAFETY: m is rows x d, q^T is d x nq (strides swapped), both valid
+    // views; out holds rows * nq elements.
+    unsafe {
+        gemm(
+            rows,
+            nq,
+            d,
+            m.ptr(),
+            m.strides[0],
+            m.strides[1],
+            q.ptr(),
+            q.strides[1],
+            q.strides[0],
+            &mut out,
+            exec,
+        )?
+    };
+    if nq > 0 {
+        for (r, orow) in out.chunks_mut(nq).enumerate() {
+            for (j, o) in orow.iter_mut().enumerate() {
+                *o = score(*o, rn[r], qn[j]);
+            }
+        }
+    }
+    Ok(Value::from_vec(out, vec![rows, nq]))
+}
+
+/// Runs `cosine_similarity`.
+pub(crate) fn cosine_similarity(
+    matrix: &Operand<'_>,
+    query: &Operand<'_>,
+    exec: &dyn Exec,
+) -> Result<Value, KernelError> {
+    check(matrix, query)?;
+    let dt = result_dtype(matrix, query);
+    with_float_dtype!(dt, T => {
+        let (tm, tq) = (Typed::<T>::new(matrix), Typed::<T>::new(query));
+        cosine::<T>(tm.mat(), tq.mat(), exec)
+    })
+}

@@ -1,0 +1,403 @@
+//! Broadcasting ufuncs: add, subtract, multiply, divide (and scale), clip.
+//!
+//! Layout is chosen once per call: when every operand is C-contiguous with
+//! the output's shape or a scalar, the whole call is one flat run through
+//! the vectorised loops; otherwise rows are processed one by one, each row
+//! of each operand being contiguous, broadcast (stride 0) or gathered.
+
+use crate::array::Value;
+use crate::dtype::{cast, with_float_dtype, DType, Element};
+use crate::error::{shape_str, value_error, KernelError};
+use crate::exec::{chunk_items, fill_chunks, Exec};
+use crate::loops::{self, AddK, Binary, DivK, MulK, SubK};
+use crate::ops::operand::Typed;
+use crate::promote::{result_type, WeakIntPolicy};
+use crate::view::{ArrayView, Mat, Operand};
+use crate::with_dtype;
+
+/// The binary ufuncs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum BinaryOp {
+    Add,
+    Subtract,
+    Multiply,
+    Divide,
+}
+
+/// NumPy's broadcast of the operands' logical shapes (at most 2-D).
+pub(crate) fn broadcast_shape(operands: &[Operand<'_>]) -> Result<Vec<usize>, KernelError> {
+    let ndim = operands.iter().map(|o| o.ndim()).max().unwrap_or(0);
+    let mut out = vec![1usize; ndim];
+    for op in operands {
+        let s = op.shape();
+        let off = ndim - s.len();
+        for (d, &n) in s.iter().enumerate() {
+            let o = &mut out[off + d];
+            if *o == 1 {
+                *o = n;
+            } else if n != 1 && n != *o {
+                let shapes: Vec<String> = operands.iter().map(|o| shape_str(o.shape())).collect();
+                return Err(value_error(format!(
+                    "operands could not be broadcast together with shapes {} ",
+                    shapes.join(" ")
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Output shape as `[rows, cols]` (1-D and 0-d outputs are one row).
+fn out_dims(shape: &[usize]) -> [usize; 2] {
+    match shape {
+        [] => [1, 1],
+        [n] => [1, *n],
+        [r, c] => [*r, *c],
+        _ => unreachable!("at most 2-D"),
+    }
+}
+
+/// One operand's row `r` of the broadcast output.
+enum Row<'a, T> {
+    Slice(&'a [T]),
+    Scalar(T),
+    Gathered(Vec<T>),
+}
+
+impl<T: Element> Row<'_, T> {
+    fn as_slice(&self) -> Option<&[T]> {
+        match self {
+            Row::Slice(s) => Some(s),
+            Row::Gathered(v) => Some(v),
+            Row::Scalar(_) => None,
+        }
+    }
+}
+
+/// Where an operand's elements come from: already `T`, or another dtype
+/// converted block by block (never a whole-array copy).
+#[derive(Clone, Copy)]
+enum Data<'a, T> {
+    Native(Mat<'a, T>),
+    Foreign(ArrayView<'a>),
+}
+
+/// `len` elements of row `r` of a foreign view from column `c0`, converted to `T`.
+fn convert<T: Element>(v: &ArrayView<'_>, r: usize, c0: usize, len: usize) -> Vec<T> {
+    with_dtype!(v.dtype(), S => {
+        let lane = v.mat::<S>().row(r);
+        match lane.as_slice() {
+            Some(x) => x[c0..c0 + len].iter().map(|&e| cast::<S, T>(e)).collect(),
+            None => (c0..c0 + len).map(|i| cast::<S, T>(lane.get(i))).collect(),
+        }
+    })
+}
+
+/// Converts `out.len()` elements of row `r` of a foreign view, from column `c0`, into `out`.
+fn convert_into<T: Element>(v: &ArrayView<'_>, r: usize, c0: usize, out: &mut [T]) {
+    with_dtype!(v.dtype(), S => {
+        let lane = v.mat::<S>().row(r);
+        match lane.as_slice() {
+            Some(x) => {
+                let n = out.len();
+                for (o, &e) in out.iter_mut().zip(&x[c0..c0 + n]) {
+                    *o = cast::<S, T>(e);
+                }
+            }
+            None => {
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = cast::<S, T>(lane.get(c0 + i));
+                }
+            }
+        }
+    })
+}
+
+/// Elements converted per block on the flat path: stays in L1, on the stack.
+const CONVERT_BLOCK: usize = 1024;
+
+/// An operand broadcast against `[rows, cols]`.
+#[derive(Clone, Copy)]
+struct Bcast<'a, T> {
+    data: Data<'a, T>,
+    /// The operand's own 2-D form.
+    shape: [usize; 2],
+    cols: usize,
+}
+
+/// A whole operand as one flat run matching the output.
+#[derive(Clone, Copy)]
+enum Flat<'a, T> {
+    Slice(&'a [T]),
+    Scalar(T),
+    /// C-contiguous view of another dtype.
+    Foreign(ArrayView<'a>),
+}
+
+impl<'a, T: Element> Bcast<'a, T> {
+    fn new(t: &'a Typed<'a, T>, cols: usize) -> Self {
+        match t {
+            Typed::Deferred(v) => {
+                let shape = match v.shape() {
+                    [] => [1, 1],
+                    [n] => [1, *n],
+                    [r, c] => [*r, *c],
+                    _ => unreachable!("at most 2-D"),
+                };
+                Bcast {
+                    data: Data::Foreign(*v),
+                    shape,
+                    cols,
+                }
+            }
+            _ => {
+                let m = t.mat();
+                Bcast {
+                    data: Data::Native(m),
+                    shape: m.shape,
+                    cols,
+                }
+            }
+        }
+    }
+
+    fn row(&self, r: usize) -> Row<'a, T> {
+        let r = if self.shape[0] == 1 { 0 } else { r };
+        let scalar = self.shape[1] == 1 && self.cols != 1;
+        match self.data {
+            Data::Native(m) if scalar => Row::Scalar(m.get(r, 0)),
+            Data::Native(m) => {
+                let lane = m.row(r);
+                match lane.as_slice() {
+                    Some(s) => Row::Slice(s),
+                    None => Row::Gathered((0..lane.len).map(|i| lane.get(i)).collect()),
+                }
+            }
+            Data::Foreign(v) if scalar => Row::Scalar(convert::<T>(&v, r, 0, 1)[0]),
+            Data::Foreign(v) => Row::Gathered(convert(&v, r, 0, self.shape[1])),
+        }
+    }
+
+    fn flat(&self, rows: usize) -> Option<Flat<'a, T>> {
+        let single = self.shape[0] * self.shape[1] == 1;
+        let full = self.shape == [rows, self.cols];
+        match self.data {
+            Data::Native(m) if single => Some(Flat::Scalar(m.get(0, 0))),
+            Data::Native(m) if full => m.as_slice().map(Flat::Slice),
+            Data::Foreign(v) if single => Some(Flat::Scalar(convert::<T>(&v, 0, 0, 1)[0])),
+            Data::Foreign(v) if full && v.is_c_contiguous() => Some(Flat::Foreign(v)),
+            _ => None,
+        }
+    }
+}
+
+fn binary_rows<T: Element, K: Binary<T>>(a: &Row<'_, T>, b: &Row<'_, T>, out: &mut [T]) {
+    match (a, b) {
+        (Row::Scalar(x), Row::Scalar(y)) => out.fill(K::apply(*x, *y)),
+        (Row::Scalar(x), _) => loops::binary_sv::<T, K>(*x, b.as_slice().expect("not scalar"), out),
+        (_, Row::Scalar(y)) => loops::binary_vs::<T, K>(a.as_slice().expect("not scalar"), *y, out),
+        _ => loops::binary_vv::<T, K>(
+            a.as_slice().expect("not scalar"),
+            b.as_slice().expect("not scalar"),
+            out,
+        ),
+    }
+}
+
+/// Sub-run `start..start+len` of a flat operand; a foreign one is
+/// converted into `buf` (`len <= CONVERT_BLOCK`).
+fn sub<'r, T: Element>(
+    flat: &'r Flat<'_, T>,
+    start: usize,
+    len: usize,
+    buf: &'r mut [T; CONVERT_BLOCK],
+) -> Row<'r, T> {
+    match flat {
+        Flat::Scalar(s) => Row::Scalar(*s),
+        Flat::Slice(s) => Row::Slice(&s[start..start + len]),
+        Flat::Foreign(v) => {
+            let cols = v.shape().last().copied().unwrap_or(1).max(1);
+            let mut i = start;
+            while i < start + len {
+                let (r, c) = (i / cols, i % cols);
+                let take = (cols - c).min(start + len - i);
+                convert_into(v, r, c, &mut buf[i - start..i - start + take]);
+                i += take;
+            }
+            Row::Slice(&buf[..len])
+        }
+    }
+}
+
+/// Runs `f` over `piece` (flat indices from `start`) in blocks of
+/// `CONVERT_BLOCK`, with one conversion buffer per operand.
+fn flat_blocks<T: Element, const N: usize>(
+    flats: &[Flat<'_, T>; N],
+    start: usize,
+    piece: &mut [T],
+    f: impl Fn(&[Row<'_, T>; N], &mut [T]),
+) {
+    if !flats.iter().any(|f| matches!(f, Flat::Foreign(_))) {
+        let rows: [Row<'_, T>; N] = std::array::from_fn(|i| match flats[i] {
+            Flat::Scalar(s) => Row::Scalar(s),
+            Flat::Slice(s) => Row::Slice(&s[start..start + piece.len()]),
+            Flat::Foreign(_) => unreachable!("checked above"),
+        });
+        return f(&rows, piece);
+    }
+    let mut bufs = [[T::ZERO; CONVERT_BLOCK]; N];
+    for (b, out) in piece.chunks_mut(CONVERT_BLOCK).enumerate() {
+        let s0 = start + b * CONVERT_BLOCK;
+        let mut it = bufs.iter_mut();
+        let rows: [Row<'_, T>; N] = std::array::from_fn(|i| {
+            sub(
+                &flats[i],
+                s0,
+                out.len(),
+                it.next().expect("one buffer per operand"),
+            )
+        });
+        f(&rows, out);
+    }
+}
+
+fn run_binary<'a, T: Element, K: Binary<T>>(
+    a: &'a Typed<'a, T>,
+    b: &'a Typed<'a, T>,
+    shape: Vec<usize>,
+    exec: &dyn Exec,
+) -> Result<Value, KernelError> {
+    let [rows, cols] = out_dims(&shape);
+    let n = rows * cols;
+    let (ba, bb) = (Bcast::new(a, cols), Bcast::new(b, cols));
+    let mut out = vec![T::ZERO; n];
+    let per_item = 3 * std::mem::size_of::<T>();
+    match (ba.flat(rows), bb.flat(rows)) {
+        (Some(fa), Some(fb)) => {
+            fill_chunks(
+                exec,
+                &mut out,
+                chunk_items(per_item),
+                per_item,
+                |start, piece| {
+                    flat_blocks(&[fa, fb], start, piece, |r, o| {
+                        binary_rows::<T, K>(&r[0], &r[1], o)
+                    })
+                },
+            )?;
+        }
+        _ if cols > 0 => {
+            let rows_per_chunk = (chunk_items(per_item) / cols).max(1);
+            fill_chunks(
+                exec,
+                &mut out,
+                rows_per_chunk * cols,
+                per_item,
+                |start, piece| {
+                    for (i, o) in piece.chunks_mut(cols).enumerate() {
+                        let r = start / cols + i;
+                        binary_rows::<T, K>(&ba.row(r), &bb.row(r), o);
+                    }
+                },
+            )?;
+        }
+        _ => {}
+    }
+    Ok(Value::from_vec(out, shape))
+}
+
+/// add / subtract / multiply / divide (and scale) with broadcasting and NEP 50 promotion.
+pub(crate) fn binary(
+    op: BinaryOp,
+    operands: &[Operand<'_>],
+    exec: &dyn Exec,
+) -> Result<Value, KernelError> {
+    let shape = broadcast_shape(operands)?;
+    let mut dt = result_type(operands, WeakIntPolicy::Raise)?;
+    if op == BinaryOp::Divide && !dt.is_float() {
+        // True division of integers is float64 in NumPy.
+        dt = DType::Float64;
+    }
+    if op == BinaryOp::Divide {
+        return with_float_dtype!(dt, T => {
+            let (a, b) = (Typed::<T>::lazy(&operands[0]), Typed::<T>::lazy(&operands[1]));
+            run_binary::<T, DivK>(&a, &b, shape, exec)
+        });
+    }
+    with_dtype!(dt, T => {
+        let (a, b) = (Typed::<T>::lazy(&operands[0]), Typed::<T>::lazy(&operands[1]));
+        match op {
+            BinaryOp::Add => run_binary::<T, AddK>(&a, &b, shape, exec),
+            BinaryOp::Subtract => run_binary::<T, SubK>(&a, &b, shape, exec),
+            _ => run_binary::<T, MulK>(&a, &b, shape, exec),
+        }
+    })
+}
+
+fn run_clip<'a, T: Element>(
+    t: &'a [Typed<'a, T>; 3],
+    shape: Vec<usize>,
+    exec: &dyn Exec,
+) -> Result<Value, KernelError> {
+    let [rows, cols] = out_dims(&shape);
+    let n = rows * cols;
+    let ops = [0, 1, 2].map(|i| Bcast::new(&t[i], cols));
+    let mut out = vec![T::ZERO; n];
+    let per_item = 2 * std::mem::size_of::<T>();
+    let clip_row =
+        |a: &Row<'_, T>, lo: &Row<'_, T>, hi: &Row<'_, T>, out: &mut [T]| match (a, lo, hi) {
+            (_, Row::Scalar(l), Row::Scalar(h)) => match a {
+                Row::Scalar(x) => out.fill(loops::clip_one(*x, *l, *h)),
+                _ => loops::clip_vs(a.as_slice().expect("not scalar"), *l, *h, out),
+            },
+            _ => {
+                let get = |r: &Row<'_, T>, i: usize| match r {
+                    Row::Scalar(s) => *s,
+                    _ => r.as_slice().expect("not scalar")[i],
+                };
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = loops::clip_one(get(a, i), get(lo, i), get(hi, i));
+                }
+            }
+        };
+    let flats = [ops[0].flat(rows), ops[1].flat(rows), ops[2].flat(rows)];
+    if let [Some(fa), Some(fl), Some(fh)] = flats {
+        fill_chunks(
+            exec,
+            &mut out,
+            chunk_items(per_item),
+            per_item,
+            |start, piece| {
+                flat_blocks(&[fa, fl, fh], start, piece, |r, o| {
+                    clip_row(&r[0], &r[1], &r[2], o)
+                })
+            },
+        )?;
+    } else if let Some(rows_per_chunk) = chunk_items(per_item).checked_div(cols) {
+        let rows_per_chunk = rows_per_chunk.max(1);
+        fill_chunks(
+            exec,
+            &mut out,
+            rows_per_chunk * cols,
+            per_item,
+            |start, piece| {
+                for (i, o) in piece.chunks_mut(cols).enumerate() {
+                    let r = start / cols + i;
+                    clip_row(&ops[0].row(r), &ops[1].row(r), &ops[2].row(r), o);
+                }
+            },
+        )?;
+    }
+    Ok(Value::from_vec(out, shape))
+}
+
+/// `np.clip(a, lo, hi)`: `minimum(maximum(a, lo), hi)` with NumPy's NaN and
+/// tie rules; out-of-range Python int bounds saturate as in NumPy.
+pub(crate) fn clip(operands: &[Operand<'_>], exec: &dyn Exec) -> Result<Value, KernelError> {
+    let shape = broadcast_shape(operands)?;
+    let dt = result_type(operands, WeakIntPolicy::Saturate)?;
+    with_dtype!(dt, T => {
+        let t = [0, 1, 2].map(|i| Typed::<T>::lazy(&operands[i]));
+        run_clip::<T>(&t, shape, exec)
+    })
+}

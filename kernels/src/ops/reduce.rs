@@ -1,0 +1,403 @@
+//! Reductions: sum, mean, min, max, argmin, argmax, norm (axis None or one axis).
+//!
+//! One generic driver (`full`, `along`) serves every reduction; each
+//! reduction is a small `Reduce` implementation saying how to reduce a
+//! contiguous run, merge two partial results (first one first) and finish.
+//! Layout is chosen once per call:
+//! - full reduction of contiguous data: one run, split in fixed chunks;
+//! - reduced axis unit-stride: one contiguous run per output element;
+//! - other axis unit-stride: whole rows folded into per-column partials;
+//! - anything else: one C-order copy, then the first case.
+
+use crate::array::Value;
+use crate::dtype::{with_float_dtype, Element, Float};
+use crate::error::{value_error, KernelError};
+use crate::exec::{chunk_items, map_chunks, Exec};
+use crate::loops::{self, MaxK, MinK};
+use crate::op::{normalize_axis, Op};
+use crate::promote::strong_dtype;
+use crate::view::{Mat, Operand};
+use crate::with_dtype;
+
+/// A reduction over runs of `T`.
+pub(crate) trait Reduce<T: Element>: Sync {
+    /// Partial result of some prefix-free run of elements.
+    type Part: Copy + Send;
+    /// Result element type.
+    type Out: Element;
+    /// True when the answer is a position, so traversal must be in C order.
+    const C_ORDER: bool = false;
+    /// Partial of the contiguous run `x`, whose first element has index `start`.
+    /// `x` is non-empty unless `EMPTY_OK`.
+    fn run(&self, x: &[T], start: usize) -> Self::Part;
+    /// Merge; `a` covers earlier indices than `b`.
+    fn merge(&self, a: Self::Part, b: Self::Part) -> Self::Part;
+    /// Result from the partial of `n` elements.
+    fn finish(&self, p: Self::Part, n: usize) -> Self::Out;
+    /// Per-column partials of one row (row index `r`).
+    fn col_first(&self, row: &[T], r: usize) -> Vec<Self::Part> {
+        row.iter()
+            .map(|x| self.run(std::slice::from_ref(x), r))
+            .collect()
+    }
+    /// Folds row `r` into per-column partials.
+    fn col_fold(&self, parts: &mut [Self::Part], row: &[T], r: usize) {
+        for (p, x) in parts.iter_mut().zip(row) {
+            *p = self.merge(*p, self.run(std::slice::from_ref(x), r));
+        }
+    }
+}
+
+/// Pairwise merge of partials in order (keeps float error logarithmic).
+fn merge_all<T: Element, R: Reduce<T>>(r: &R, parts: &[R::Part]) -> R::Part {
+    match parts.len() {
+        1 => parts[0],
+        n => {
+            let (a, b) = parts.split_at(n / 2);
+            r.merge(merge_all(r, a), merge_all(r, b))
+        }
+    }
+}
+
+struct SumR;
+impl<T: Element> Reduce<T> for SumR {
+    type Part = T::Sum;
+    type Out = T::Sum;
+    fn run(&self, x: &[T], _: usize) -> T::Sum {
+        loops::sum(x)
+    }
+    fn merge(&self, a: T::Sum, b: T::Sum) -> T::Sum {
+        a.add(b)
+    }
+    fn finish(&self, p: T::Sum, _: usize) -> T::Sum {
+        p
+    }
+    fn col_first(&self, row: &[T], _: usize) -> Vec<T::Sum> {
+        row.iter().map(|x| x.to_sum()).collect()
+    }
+    fn col_fold(&self, parts: &mut [T::Sum], row: &[T], _: usize) {
+        for (p, x) in parts.iter_mut().zip(row) {
+            *p = p.add(x.to_sum());
+        }
+    }
+}
+
+/// Mean of floats: summed in their own type, divided by the count.
+struct MeanFloatR;
+impl<T: Float> Reduce<T> for MeanFloatR {
+    type Part = T;
+    type Out = T;
+    fn run(&self, x: &[T], _: usize) -> T {
+        loops::sum(x)
+    }
+    fn merge(&self, a: T, b: T) -> T {
+        a.add(b)
+    }
+    fn finish(&self, p: T, n: usize) -> T {
+        p.div(T::from_i64(n as i64))
+    }
+    fn col_first(&self, row: &[T], _: usize) -> Vec<T> {
+        row.to_vec()
+    }
+    fn col_fold(&self, parts: &mut [T], row: &[T], _: usize) {
+        loops::accumulate::<T, loops::AddK>(parts, row)
+    }
+}
+
+/// Mean of integers: NumPy sums them as float64.
+struct MeanIntR;
+impl<T: Element> Reduce<T> for MeanIntR {
+    type Part = f64;
+    type Out = f64;
+    fn run(&self, x: &[T], _: usize) -> f64 {
+        loops::sum_f64(x)
+    }
+    fn merge(&self, a: f64, b: f64) -> f64 {
+        a + b
+    }
+    fn finish(&self, p: f64, n: usize) -> f64 {
+        p / n as f64
+    }
+    fn col_first(&self, row: &[T], _: usize) -> Vec<f64> {
+        row.iter().map(|x| x.to_f64()).collect()
+    }
+    fn col_fold(&self, parts: &mut [f64], row: &[T], _: usize) {
+        for (p, x) in parts.iter_mut().zip(row) {
+            *p += x.to_f64();
+        }
+    }
+}
+
+/// L2 norm of floats (integers are converted to float64 first, as NumPy does).
+struct NormR;
+impl<T: Float> Reduce<T> for NormR {
+    type Part = T;
+    type Out = T;
+    fn run(&self, x: &[T], _: usize) -> T {
+        loops::sumsq(x)
+    }
+    fn merge(&self, a: T, b: T) -> T {
+        a.add(b)
+    }
+    fn finish(&self, p: T, _: usize) -> T {
+        p.sqrt()
+    }
+    fn col_first(&self, row: &[T], _: usize) -> Vec<T> {
+        row.iter().map(|&x| x.mul(x)).collect()
+    }
+    fn col_fold(&self, parts: &mut [T], row: &[T], _: usize) {
+        loops::square_accumulate(parts, row)
+    }
+}
+
+/// min (`MAX = false`) or max, NaN-propagating.
+struct ExtremeR<const MAX: bool>;
+impl<T: Element, const MAX: bool> Reduce<T> for ExtremeR<MAX> {
+    type Part = T;
+    type Out = T;
+    fn run(&self, x: &[T], _: usize) -> T {
+        if MAX {
+            loops::max(x)
+        } else {
+            loops::min(x)
+        }
+    }
+    fn merge(&self, a: T, b: T) -> T {
+        if MAX {
+            loops::pick_max(a, b)
+        } else {
+            loops::pick_min(a, b)
+        }
+    }
+    fn finish(&self, p: T, _: usize) -> T {
+        p
+    }
+    fn col_first(&self, row: &[T], _: usize) -> Vec<T> {
+        row.to_vec()
+    }
+    fn col_fold(&self, parts: &mut [T], row: &[T], _: usize) {
+        if MAX {
+            loops::accumulate::<T, MaxK>(parts, row)
+        } else {
+            loops::accumulate::<T, MinK>(parts, row)
+        }
+    }
+}
+
+/// argmin / argmax: first index of the extreme, or of the first NaN.
+struct ArgR<const MAX: bool>;
+impl<const MAX: bool> ArgR<MAX> {
+    /// True when `x` replaces the current best `best` (strictly better, or
+    /// the first NaN).
+    #[inline(always)]
+    fn better<T: Element>(x: T, best: T) -> bool {
+        (if MAX { x > best } else { x < best }) || (x.is_nan() && !best.is_nan())
+    }
+}
+impl<T: Element, const MAX: bool> Reduce<T> for ArgR<MAX> {
+    type Part = (T, usize);
+    type Out = i64;
+    const C_ORDER: bool = true;
+    fn run(&self, x: &[T], start: usize) -> (T, usize) {
+        let v = if MAX { loops::max(x) } else { loops::min(x) };
+        (v, start + loops::position(x, v))
+    }
+    fn merge(&self, a: (T, usize), b: (T, usize)) -> (T, usize) {
+        if Self::better(b.0, a.0) {
+            b
+        } else {
+            a
+        }
+    }
+    fn finish(&self, p: (T, usize), _: usize) -> i64 {
+        p.1 as i64
+    }
+    fn col_first(&self, row: &[T], r: usize) -> Vec<(T, usize)> {
+        row.iter().map(|&x| (x, r)).collect()
+    }
+    fn col_fold(&self, parts: &mut [(T, usize)], row: &[T], r: usize) {
+        for (p, &x) in parts.iter_mut().zip(row) {
+            if Self::better(x, p.0) {
+                *p = (x, r);
+            }
+        }
+    }
+}
+
+/// Reduces every element of `m` (C order for index-reporting reductions).
+fn full<T: Element, R: Reduce<T>>(
+    r: &R,
+    m: Mat<'_, T>,
+    exec: &dyn Exec,
+) -> Result<R::Out, KernelError> {
+    let n = m.len();
+    let item = std::mem::size_of::<T>();
+    // Order does not matter for value reductions, so an F-ordered view is
+    // one run as well; index reductions need C order.
+    let owned;
+    let slice = match (m.as_slice(), m.t().as_slice()) {
+        (Some(s), _) => s,
+        (None, Some(s)) if !R::C_ORDER => s,
+        _ => {
+            owned = m.to_contiguous::<T>().into_owned();
+            &owned[..]
+        }
+    };
+    if n == 0 {
+        return Ok(r.finish(r.run(slice, 0), 0));
+    }
+    let parts = map_chunks(exec, n, chunk_items(item), item, |rg| {
+        r.run(&slice[rg.clone()], rg.start)
+    })?;
+    Ok(r.finish(merge_all(r, &parts), n))
+}
+
+/// Reduces `m` along `axis` (0 or 1 of its 2-D form), one output per lane.
+fn along<T: Element, R: Reduce<T>>(
+    r: &R,
+    m: Mat<'_, T>,
+    axis: usize,
+    exec: &dyn Exec,
+) -> Result<Vec<R::Out>, KernelError> {
+    // Lanes are the rows of `lanes`.
+    let lanes = if axis == 0 { m.t() } else { m };
+    let (count, len) = (lanes.rows(), lanes.cols());
+    let item = std::mem::size_of::<T>();
+    let lane_unit = len <= 1 || lanes.strides[1] == 1;
+    if !lane_unit && lanes.strides[0] == 1 && count >= 2 && len >= 1 {
+        // Column form: rows of `cols` are contiguous; fold them in row chunks.
+        let cols = lanes.t();
+        let rows_per_chunk = (chunk_items(item) / count).max(1);
+        let parts = map_chunks(exec, len, rows_per_chunk, count * item, |rg| {
+            let first = cols.row(rg.start).as_slice().expect("unit stride");
+            let mut p = r.col_first(first, rg.start);
+            for i in rg.start + 1..rg.end {
+                r.col_fold(&mut p, cols.row(i).as_slice().expect("unit stride"), i);
+            }
+            p
+        })?;
+        return Ok((0..count)
+            .map(|j| {
+                let col: Vec<R::Part> = parts.iter().map(|p| p[j]).collect();
+                r.finish(merge_all(r, &col), len)
+            })
+            .collect());
+    }
+    let owned;
+    let lanes = if lane_unit {
+        lanes
+    } else {
+        owned = lanes.to_contiguous::<T>().into_owned();
+        Mat::from_contiguous(&owned, 2, count, len)
+    };
+    let lanes_per_chunk = (chunk_items(item) / len.max(1)).max(1);
+    let chunks = map_chunks(exec, count, lanes_per_chunk, len.max(1) * item, |rg| {
+        rg.map(|i| {
+            let x = lanes.row(i).as_slice().expect("unit stride");
+            r.finish(r.run(x, 0), len)
+        })
+        .collect::<Vec<_>>()
+    })?;
+    Ok(chunks.concat())
+}
+
+fn run_reduce<T: Element, R: Reduce<T>>(
+    r: &R,
+    m: Mat<'_, T>,
+    axis: Option<usize>,
+    exec: &dyn Exec,
+) -> Result<Value, KernelError> {
+    match axis {
+        None => Ok(Value::Scalar(full(r, m, exec)?.into_scalar())),
+        Some(_) if m.ndim <= 1 => Ok(Value::Scalar(full(r, m, exec)?.into_scalar())),
+        Some(a) => {
+            let out = along(r, m, a, exec)?;
+            let n = out.len();
+            Ok(Value::from_vec(out, vec![n]))
+        }
+    }
+}
+
+/// Validates a reduction; returns the normalised axis.
+pub(crate) fn check(
+    op: Op,
+    operand: &Operand<'_>,
+    axis: Option<isize>,
+) -> Result<Option<usize>, KernelError> {
+    let shape = operand.shape();
+    let axis = normalize_axis(axis, shape.len())?;
+    let size: usize = shape.iter().product();
+    // Length of each reduced run. NumPy refuses an empty run even when there
+    // are no runs at all (a (0, 0) array reduced along either axis).
+    let reduced = match axis {
+        None => size,
+        Some(a) => shape[a],
+    };
+    if reduced == 0 {
+        let msg = match op {
+            Op::Min => Some(
+                "zero-size array to reduction operation minimum which has no identity".to_string(),
+            ),
+            Op::Max => Some(
+                "zero-size array to reduction operation maximum which has no identity".to_string(),
+            ),
+            Op::Argmin => Some("attempt to get argmin of an empty sequence".to_string()),
+            Op::Argmax => Some("attempt to get argmax of an empty sequence".to_string()),
+            _ => None,
+        };
+        if let Some(m) = msg {
+            return Err(value_error(m));
+        }
+    }
+    Ok(axis)
+}
+
+/// Runs reduction `op` on `operand` (a Python scalar counts as a 0-d array).
+pub(crate) fn reduce(
+    op: Op,
+    operand: &Operand<'_>,
+    axis: Option<isize>,
+    exec: &dyn Exec,
+) -> Result<Value, KernelError> {
+    let axis = check(op, operand, axis)?;
+    let (iv, fv);
+    let view = match operand {
+        Operand::Array(v) => *v,
+        Operand::Int(x) => {
+            iv = [*x];
+            crate::ArrayView::from_slice(&iv, &[])?
+        }
+        Operand::Float(x) => {
+            fv = [*x];
+            crate::ArrayView::from_slice(&fv, &[])?
+        }
+    };
+    debug_assert_eq!(strong_dtype(operand), view.dtype());
+    let dt = view.dtype();
+    match op {
+        Op::Sum => with_dtype!(dt, T => run_reduce(&SumR, view.mat::<T>(), axis, exec)),
+        Op::Min => {
+            with_dtype!(dt, T => run_reduce(&ExtremeR::<false>, view.mat::<T>(), axis, exec))
+        }
+        Op::Max => with_dtype!(dt, T => run_reduce(&ExtremeR::<true>, view.mat::<T>(), axis, exec)),
+        Op::Argmin => with_dtype!(dt, T => run_reduce(&ArgR::<false>, view.mat::<T>(), axis, exec)),
+        Op::Argmax => with_dtype!(dt, T => run_reduce(&ArgR::<true>, view.mat::<T>(), axis, exec)),
+        Op::Mean if dt.is_float() => {
+            with_float_dtype!(dt, T => run_reduce(&MeanFloatR, view.mat::<T>(), axis, exec))
+        }
+        Op::Mean => with_dtype!(dt, T => run_reduce(&MeanIntR, view.mat::<T>(), axis, exec)),
+        Op::Norm if dt.is_float() => {
+            with_float_dtype!(dt, T => run_reduce(&NormR, view.mat::<T>(), axis, exec))
+        }
+        Op::Norm => {
+            // NumPy's norm converts integer input to float64 first.
+            let as_f64 = with_dtype!(dt, T => {
+                let m = view.mat::<T>();
+                (m.to_contiguous::<f64>().into_owned(), m.ndim, m.shape)
+            });
+            let m = Mat::from_contiguous(&as_f64.0, as_f64.1, as_f64.2[0], as_f64.2[1]);
+            run_reduce(&NormR, m, axis, exec)
+        }
+        _ => Err(value_error(format!("{} is not a reduction", op.name()))),
+    }
+}
