@@ -25,6 +25,7 @@ from ._raptors import (
     QueueFull,
     RaptorsError,
     __version__,
+    add,
     argmax,
     argmin,
     clip,
@@ -41,7 +42,6 @@ from ._raptors import (
     subtract,
     sum,
     topk,
-    add,
 )
 
 __all__ = [

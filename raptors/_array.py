@@ -35,6 +35,6 @@ def ones(shape: int | tuple[int, ...], dtype: Any = "float64") -> Array:
     return Array(np.ones(shape, dtype=dtype))
 
 
-def arange(n: int | float, dtype: Any = None) -> Array:
+def arange(n: float, dtype: Any = None) -> Array:
     """``0, 1, ..., n-1``; integers default to int64 and floats to float64, as in NumPy."""
     return Array(np.arange(n, dtype=dtype))

@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Self
 
 from . import _raptors
 from ._raptors import Job, PoolCore, PoolStats, QueueFull
 
-__all__ = ["Pool", "get_pool", "pools", "stats", "submit", "default_pool"]
+__all__ = ["Pool", "default_pool", "get_pool", "pools", "stats", "submit"]
 
 _registry_lock = threading.RLock()
 _registry: dict[str, Pool] = {}
+# Pools closed without waiting: joined at exit, so that no worker runs Python
+# code while the interpreter finalises.
+_unjoined: set[Pool] = set()
 _DEFAULT_NAME = "default"
 
 
@@ -38,7 +42,7 @@ class Pool(PoolCore, concurrent.futures.Executor):
 
     def __new__(
         cls, name: str, threads: int | None = None, queue: int = 1024, *, nice: int | None = None
-    ) -> Pool:
+    ) -> Self:
         if queue is None:
             # PoolCore reads None as "default"; the public API has no such value.
             raise TypeError("queue must be an int, not NoneType")
@@ -62,7 +66,11 @@ class Pool(PoolCore, concurrent.futures.Executor):
         with _registry_lock:
             if _registry.get(self.name) is self:
                 del _registry[self.name]
-        if wait:
+            if wait:
+                _unjoined.discard(self)
+            else:
+                _unjoined.add(self)
+        if wait and not self._forked:
             self._join(None)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -71,7 +79,10 @@ class Pool(PoolCore, concurrent.futures.Executor):
 
     def join(self, timeout: float | None = None) -> bool:
         """Waits until every accepted job has ended and every worker exited."""
-        return self._join(timeout)
+        return self._forked or self._join(timeout)
+
+    # Set in a forked child, which has none of the pool's worker threads.
+    _forked = False
 
     def map(
         self,
@@ -121,20 +132,21 @@ class Pool(PoolCore, concurrent.futures.Executor):
 
         return results()
 
-    def __enter__(self) -> Pool:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close(wait=True)
 
-    async def __aenter__(self) -> Pool:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.close(wait=False)
         import asyncio
 
-        await asyncio.get_running_loop().run_in_executor(None, self._join, None)
+        if not self._forked:
+            await asyncio.get_running_loop().run_in_executor(None, self._join, None)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -145,12 +157,13 @@ class Pool(PoolCore, concurrent.futures.Executor):
 
 
 def _wait_for_a_slot(jobs: Iterable[Job]) -> None:
-    """Blocks until one of ``jobs`` ends (a queue slot frees as it starts)."""
-    pending = [job for job in jobs if not job.done()]
-    if pending:
-        concurrent.futures.wait(pending, timeout=0.05, return_when="FIRST_COMPLETED")
-    else:
+    """Blocks briefly for a queue slot: until the oldest of ``jobs`` still
+    unfinished ends (equal priorities start in FIFO order), at most 50 ms."""
+    oldest = next((job for job in jobs if not job.done()), None)
+    if oldest is None:
         time.sleep(0.0005)
+    else:
+        oldest._wait(0.05)
 
 
 def default_pool() -> Pool:
@@ -211,4 +224,25 @@ def _close_all_pools() -> None:
     # interpreter finalises. Queued jobs still run, as ThreadPoolExecutor's do.
     for pool in pools():
         pool.close(wait=True)
+    with _registry_lock:
+        closed = list(_unjoined)
+    for pool in closed:
+        pool._join(None)
     _raptors._interpreter_exiting()
+
+
+def _after_fork_in_child() -> None:
+    # A forked child has none of its parent's worker threads: its copies of
+    # the parent's pools are closed, so submitting raises PoolClosed instead
+    # of queueing work that would never run.
+    global _registry_lock
+    _registry_lock = threading.RLock()
+    for pool in list(_registry.values()) + list(_unjoined):
+        pool._forked = True
+        pool._close(True)
+    _registry.clear()
+    _unjoined.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

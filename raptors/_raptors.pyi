@@ -3,7 +3,7 @@
 import asyncio
 import concurrent.futures
 from collections.abc import Callable, Generator
-from typing import Any, Literal
+from typing import Any, Literal, Self, TypeAlias
 
 import numpy as np
 
@@ -21,7 +21,7 @@ class PoolClosed(RaptorsError):
 class DeadlineExceeded(RaptorsError, TimeoutError): ...
 class JobCancelled(concurrent.futures.CancelledError, asyncio.CancelledError): ...
 
-JobStatus = Literal["queued", "running", "done", "failed", "cancelled", "expired"]
+JobStatus: TypeAlias = Literal["queued", "running", "done", "failed", "cancelled", "expired"]
 
 class Job:
     """A submitted job: a ``concurrent.futures.Future`` that can be awaited."""
@@ -82,7 +82,7 @@ class PoolStats:
 class PoolCore:
     def __new__(
         cls, name: str, threads: int | None = None, queue: int | None = None, *, nice: int | None = None
-    ) -> PoolCore: ...
+    ) -> Self: ...
     @property
     def nice(self) -> int: ...
     @property
@@ -109,7 +109,7 @@ class PoolCore:
     def _is_worker_thread(self) -> bool: ...
     def _has_room(self) -> bool: ...
 
-ArrayLike = Any
+ArrayLike: TypeAlias = Any
 
 class Array:
     def __init__(self, obj: ArrayLike, dtype: Any = None) -> None: ...

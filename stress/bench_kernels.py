@@ -300,7 +300,7 @@ def table_case(kernel, dtype, n):
         return (lambda: np.dot(x, y)), (lambda: rp.dot(x, y))
     if kernel == "matmul":
         # Matrix @ vector with a square matrix of n values (GEMM has its own section).
-        s = max(1, int(round(n**0.5)))
+        s = max(1, round(n**0.5))
         m = data(dtype, (s, s), 9)
         v = data(dtype, (s,), 10)
         return (lambda: np.matmul(m, v)), (lambda: rp.matmul(m, v))
@@ -402,7 +402,7 @@ def kernel_table(timer: Timer) -> list[dict]:
                             ratio=t_np / t_rp,
                             same_answer=same_answer(got, want),
                         )
-                    except Exception as exc:  # a failing cell is reported, not fatal
+                    except Exception as exc:  # noqa: BLE001 - a failing cell is reported, not fatal
                         row["error"] = f"{type(exc).__name__}: {exc}"
                     rows.append(row)
     return rows

@@ -431,3 +431,73 @@ def test_arguments_are_released_after_the_job(rp, make_pool):
         f"array refcount {sys.getrefcount(a)} != {base_a}: buffer views leaked"
     )
     assert wait_until(lambda: (gc.collect(), sys.getrefcount(obj) == base_obj)[1], timeout=HANG)
+
+
+def _boom():
+    raise ValueError("boom")
+
+
+def test_failed_job_held_in_a_frame_is_collected(make_pool):
+    # The exception's traceback holds the frame that holds the job: a cycle
+    # only the garbage collector can break, so Job must take part in it.
+    pool = make_pool(threads=1)
+
+    def run():
+        job = pool.submit(_boom)
+        try:
+            job.result(timeout=HANG)
+        except ValueError:
+            pass
+        return weakref.ref(job)
+
+    ref = run()
+    gc.collect()
+    assert ref() is None
+
+
+def test_concurrent_futures_wait_does_not_keep_jobs_alive(make_pool):
+    pool = make_pool(threads=1)
+    job = pool.submit(abs, -1)
+    concurrent.futures.wait([job], timeout=HANG)
+    ref = weakref.ref(job)
+    del job
+    gc.collect()
+    assert ref() is None
+
+
+def test_remove_done_callback_keeps_callbacks_when_comparison_raises(make_pool, gates):
+    pool = make_pool(threads=1)
+    gate = gates()
+    job = pool.submit(gate, "held")
+    gate.wait_entered(1)
+
+    class Touchy:
+        def __eq__(self, other):
+            raise RuntimeError("no comparing me")
+
+        def __call__(self, job):
+            calls.append("touchy")
+
+    calls = []
+    job.add_done_callback(Touchy())
+    job.add_done_callback(lambda j: calls.append("plain"))
+    with pytest.raises(RuntimeError, match="no comparing"):
+        job.remove_done_callback(print)
+    gate.open()
+    job.result(timeout=HANG)
+    wait_until(lambda: len(calls) == 2)
+    assert sorted(calls) == ["plain", "touchy"]
+
+
+async def test_unreferenced_job_still_delivers_after_gc(make_pool, gates):
+    # Nobody holds the job, only its callback: the collector must not take it
+    # while the native job it stands for is pending.
+    pool = make_pool(threads=1)
+    gate = gates()
+    pool.submit(gate, "held")
+    gate.wait_entered(1)
+    done = asyncio.get_running_loop().create_future()
+    pool.submit(abs, -3).add_done_callback(lambda job: done.set_result(job.result()))
+    gc.collect()
+    gate.open()
+    assert await asyncio.wait_for(done, HANG) == 3

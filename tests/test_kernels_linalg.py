@@ -356,7 +356,7 @@ def test_topk_large(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_topk_ties_in_index_order(dtype):
     x = np.array([3, 1, 3, 2, 3, 1, 2, 3], dtype=dtype)
-    idx, vals = check_topk(x, 5)
+    idx, _vals = check_topk(x, 5)
     assert idx.tolist() == [0, 2, 4, 7, 3]
     check_topk(np.zeros(100, dtype=dtype), 17)
     check_topk(np.tile(np.arange(5, dtype=dtype), 40), 50)

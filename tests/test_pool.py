@@ -634,3 +634,47 @@ def test_workers_run_at_lower_os_priority(rp, nice):
 def test_nice_is_validated(rp, unique_name, bad, error):
     with pytest.raises(error, match="nice"):
         rp.Pool(unique_name(), threads=1, nice=bad)
+
+
+def test_exit_after_close_without_wait_is_clean():
+    # Queued Python jobs of a pool closed with wait=False still run; the
+    # interpreter must wait for them rather than finalise under them.
+    script = textwrap.dedent(
+        """
+        import time
+        import raptors as rp
+        pool = rp.Pool("exit-nowait", threads=2, queue=64)
+        for _ in range(20):
+            pool.submit(time.sleep, 0.01)
+        pool.close(wait=False)
+        print("bye")
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "bye"
+    assert "panicked" not in proc.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_gets_closed_pools(rp, make_pool):
+    pool = make_pool(threads=1)
+    pool.submit(abs, -1).result(timeout=HANG)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no worker threads exist here
+        try:
+            pool.submit(abs, -1)
+            os.write(write, b"accepted")
+        except rp.PoolClosed:
+            pool.close()  # must not wait for threads that do not exist
+            os.write(write, b"closed")
+        finally:
+            os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    assert os.read(read, 64) == b"closed"
+    assert status == 0
+    assert pool.submit(abs, -2).result(timeout=HANG) == 2  # the parent's pool still works

@@ -7,8 +7,8 @@
 
 use std::ffi::{c_int, CStr};
 
-use numpy::PyUntypedArray;
 use numpy::prelude::*;
+use numpy::PyUntypedArray;
 use pyo3::exceptions::{PyBufferError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -67,7 +67,11 @@ impl Array {
     }
 
     /// Copies any array-like (NumPy's conversion rules) into Rust memory.
-    fn from_object(py: Python<'_>, obj: &Bound<'_, PyAny>, dtype: Option<&Bound<'_, PyAny>>) -> PyResult<Array> {
+    fn from_object(
+        py: Python<'_>,
+        obj: &Bound<'_, PyAny>,
+        dtype: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Array> {
         let numpy = py.import("numpy")?;
         let converted = numpy.call_method1("asarray", (obj, dtype))?;
         let array = converted.downcast::<PyUntypedArray>()?;
@@ -112,7 +116,10 @@ impl Array {
             DType::Int32 => Buffer::I32(copy(data, len)),
             DType::Int64 => Buffer::I64(copy(data, len)),
         };
-        Ok(Array::from_kernel(raptors_kernels::Array { shape, data: buffer }))
+        Ok(Array::from_kernel(raptors_kernels::Array {
+            shape,
+            data: buffer,
+        }))
     }
 
     fn call_kernel(
@@ -145,7 +152,10 @@ impl Array {
     }
 }
 
-fn axis_kwargs<'py>(py: Python<'py>, axis: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyDict>> {
+fn axis_kwargs<'py>(
+    py: Python<'py>,
+    axis: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyDict>> {
     let kwargs = PyDict::new(py);
     if let Some(axis) = axis {
         kwargs.set_item("axis", axis)?;
@@ -168,7 +178,11 @@ fn submit_kwargs<'py>(
 impl Array {
     #[new]
     #[pyo3(signature = (obj, dtype=None))]
-    fn new(py: Python<'_>, obj: &Bound<'_, PyAny>, dtype: Option<&Bound<'_, PyAny>>) -> PyResult<Array> {
+    fn new(
+        py: Python<'_>,
+        obj: &Bound<'_, PyAny>,
+        dtype: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Array> {
         Array::from_object(py, obj, dtype)
     }
 
@@ -212,7 +226,11 @@ impl Array {
 
     /// # Safety
     /// Called by CPython with a valid `Py_buffer` to fill.
-    unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut ffi::Py_buffer, flags: c_int) -> PyResult<()> {
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
         if view.is_null() {
             return Err(PyBufferError::new_err("View is null"));
         }
@@ -307,7 +325,12 @@ impl Array {
         priority: i64,
     ) -> PyResult<PyObject> {
         let py = slf.py();
-        Array::submit_kernel(slf, Op::Matmul, &[other], &submit_kwargs(py, pool, priority)?)
+        Array::submit_kernel(
+            slf,
+            Op::Matmul,
+            &[other],
+            &submit_kwargs(py, pool, priority)?,
+        )
     }
 
     /// `rp.submit(rp.sum, self, axis=axis, pool=pool, priority=priority)`.
@@ -340,6 +363,10 @@ impl Array {
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
         let list = Array::tolist(slf)?;
-        Ok(format!("rp.Array({}, dtype={})", list.repr()?, slf.get().dtype()))
+        Ok(format!(
+            "rp.Array({}, dtype={})",
+            list.repr()?,
+            slf.get().dtype()
+        ))
     }
 }

@@ -36,7 +36,13 @@ pub struct HeldArray {
 }
 
 impl HeldArray {
-    fn new(owner: PyObject, ptr: *const u8, dtype: DType, shape: &[usize], strides: &[isize]) -> HeldArray {
+    fn new(
+        owner: PyObject,
+        ptr: *const u8,
+        dtype: DType,
+        shape: &[usize],
+        strides: &[isize],
+    ) -> HeldArray {
         debug_assert!(shape.len() <= MAX_NDIM && strides.len() == shape.len());
         let mut held = HeldArray {
             _owner: owner,
@@ -141,7 +147,9 @@ fn hold_ndarray(py: Python<'_>, array: &Bound<'_, PyUntypedArray>) -> PyResult<H
         let kwargs = pyo3::types::PyDict::new(py);
         kwargs.set_item("dtype", numpy_dtype(py, dtype))?;
         kwargs.set_item("copy", true)?;
-        let copy = py.import("numpy")?.call_method("array", (array,), Some(&kwargs))?;
+        let copy = py
+            .import("numpy")?
+            .call_method("array", (array,), Some(&kwargs))?;
         return hold_ndarray(py, copy.downcast::<PyUntypedArray>()?);
     }
     if array.ndim() > MAX_NDIM {
@@ -166,7 +174,11 @@ fn hold_ndarray(py: Python<'_>, array: &Bound<'_, PyUntypedArray>) -> PyResult<H
 
 /// Converts one kernel argument. `wants_rp_array` is set when the argument
 /// is an `rp.Array` (results then come back as `rp.Array`).
-pub fn hold(py: Python<'_>, obj: &Bound<'_, PyAny>, wants_rp_array: &mut bool) -> PyResult<HeldOperand> {
+pub fn hold(
+    py: Python<'_>,
+    obj: &Bound<'_, PyAny>,
+    wants_rp_array: &mut bool,
+) -> PyResult<HeldOperand> {
     if let Ok(array) = obj.downcast::<PyUntypedArray>() {
         return Ok(HeldOperand::Array(hold_ndarray(py, array)?));
     }
@@ -197,9 +209,9 @@ pub fn hold(py: Python<'_>, obj: &Bound<'_, PyAny>, wants_rp_array: &mut bool) -
         };
     }
     let converted = numpy_api(py)?.asarray.bind(py).call1((obj,))?;
-    let array = converted.downcast::<PyUntypedArray>().map_err(|_| {
-        PyTypeError::new_err("numpy.asarray did not return an ndarray")
-    })?;
+    let array = converted
+        .downcast::<PyUntypedArray>()
+        .map_err(|_| PyTypeError::new_err("numpy.asarray did not return an ndarray"))?;
     Ok(HeldOperand::Array(hold_ndarray(py, array)?))
 }
 
@@ -255,11 +267,19 @@ pub fn scalar_to_py(py: Python<'_>, scalar: Scalar) -> PyResult<PyObject> {
 }
 
 /// Hands a result buffer to NumPy (or wraps it as `rp.Array`) without copying.
-pub fn array_to_py(py: Python<'_>, array: raptors_kernels::Array, as_rp_array: bool) -> PyResult<PyObject> {
+pub fn array_to_py(
+    py: Python<'_>,
+    array: raptors_kernels::Array,
+    as_rp_array: bool,
+) -> PyResult<PyObject> {
     if as_rp_array {
         return Ok(Py::new(py, Array::from_kernel(array))?.into_any());
     }
-    fn wrap<T: numpy::Element>(py: Python<'_>, data: Vec<T>, shape: &[usize]) -> PyResult<PyObject> {
+    fn wrap<T: numpy::Element>(
+        py: Python<'_>,
+        data: Vec<T>,
+        shape: &[usize],
+    ) -> PyResult<PyObject> {
         let flat = data.into_pyarray(py);
         if shape.len() == 1 {
             return Ok(flat.into_any().unbind());

@@ -73,6 +73,16 @@ pub fn with_gil_on_worker<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> R {
     Python::with_gil(f)
 }
 
+/// Takes the GIL on any thread: through [`with_gil_on_worker`] on a pool
+/// worker (keeping its thread state), plainly elsewhere.
+pub fn with_gil_here<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> R {
+    if WORKER_OF.with(Cell::get) != 0 {
+        with_gil_on_worker(f)
+    } else {
+        Python::with_gil(f)
+    }
+}
+
 /// Marks the calling thread as a worker of pool `pool_id`.
 pub fn worker_started(pool_id: u64) {
     WORKER_OF.with(|w| w.set(pool_id));

@@ -17,6 +17,7 @@
 use std::cell::RefCell;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crossbeam_queue::SegQueue;
 use parking_lot::Mutex;
@@ -32,17 +33,15 @@ pub struct Delivery {
     pub callbacks: Vec<Callback>,
 }
 
-/// The per-loop completion channel. The Python-visible object is what
-/// `loop.add_reader` calls; it drains the queue.
-#[pyclass(frozen, module = "raptors._raptors")]
-pub struct Hub {
+/// The per-loop completion channel, shared by plain `Arc` with the threads
+/// that end jobs (no Python reference to drop on a worker).
+pub struct HubCore {
     wake: Waker,
     signalled: AtomicBool,
     queue: SegQueue<Delivery>,
-    event_loop: PyObject,
 }
 
-impl Hub {
+impl HubCore {
     /// Queues `delivery` for the loop and wakes it unless already signalled.
     /// Callable from any thread, with or without the GIL.
     pub fn push(&self, delivery: Delivery) {
@@ -51,10 +50,13 @@ impl Hub {
             self.wake.signal();
         }
     }
+}
 
-    pub fn event_loop(&self) -> &PyObject {
-        &self.event_loop
-    }
+/// What `loop.add_reader` calls: drains its loop's [`HubCore`].
+#[pyclass(frozen, module = "raptors._raptors")]
+pub struct Hub {
+    core: Arc<HubCore>,
+    event_loop: PyObject,
 }
 
 #[pymethods]
@@ -62,9 +64,12 @@ impl Hub {
     /// Drains every queued delivery; called by the loop when the wake-up
     /// descriptor is readable.
     fn __call__(&self, py: Python<'_>) -> PyResult<()> {
-        self.wake.clear();
-        self.signalled.store(false, Ordering::Release);
-        while let Some(delivery) = self.queue.pop() {
+        let core = &*self.core;
+        core.wake.clear();
+        // A swap (not a store) orders this before the pops below, so a push
+        // that found `signalled` true is seen by this drain.
+        core.signalled.swap(false, Ordering::AcqRel);
+        while let Some(delivery) = core.queue.pop() {
             let job = delivery.job.bind(py);
             let mut callbacks = delivery.callbacks.into_iter();
             while let Some(callback) = callbacks.next() {
@@ -76,13 +81,13 @@ impl Hub {
                     // stop the loop. What is left is delivered on the next drain.
                     let rest: Vec<Callback> = callbacks.collect();
                     if !rest.is_empty() {
-                        self.push(Delivery {
+                        core.push(Delivery {
                             job: delivery.job.clone_ref(py),
                             callbacks: rest,
                         });
-                    } else if !self.queue.is_empty() {
-                        self.signalled.store(true, Ordering::Release);
-                        self.wake.signal();
+                    } else if !core.queue.is_empty() {
+                        core.signalled.store(true, Ordering::Release);
+                        core.wake.signal();
                     }
                     return Err(err);
                 }
@@ -100,7 +105,12 @@ fn is_exit_request(py: Python<'_>, err: &PyErr) -> bool {
 
 /// Hands a failing callback's exception to the loop's exception handler,
 /// as asyncio does for its own callbacks.
-fn report_callback_error(py: Python<'_>, event_loop: &PyObject, job: &Bound<'_, PyAny>, err: PyErr) {
+fn report_callback_error(
+    py: Python<'_>,
+    event_loop: &PyObject,
+    job: &Bound<'_, PyAny>,
+    err: PyErr,
+) {
     let context = PyDict::new(py);
     let filled = context
         .set_item("message", "Exception in callback of a Raptors job")
@@ -151,8 +161,12 @@ impl Waker {
                 }
             }
             // SAFETY: fresh descriptors owned by nobody else.
-            let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-            Ok(Waker { read, write: Some(write) })
+            let (read, write) =
+                unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            Ok(Waker {
+                read,
+                write: Some(write),
+            })
         }
     }
 
@@ -203,14 +217,14 @@ pub fn running_loop(py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> {
 }
 
 /// The hub of `event_loop`, created and registered with the loop on first use.
-pub fn hub_for(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Py<Hub>> {
+pub fn hub_for(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<HubCore>> {
     let cached = LAST.with_borrow(|last| {
         last.as_ref()
             .filter(|hub| hub.get().event_loop.is(event_loop))
-            .map(|hub| hub.clone_ref(py))
+            .map(|hub| Arc::clone(&hub.get().core))
     });
-    if let Some(hub) = cached {
-        return Ok(hub);
+    if let Some(core) = cached {
+        return Ok(core);
     }
     let known = HUBS
         .lock()
@@ -221,36 +235,44 @@ pub fn hub_for(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Py<Hub
         Some(hub) => hub,
         None => {
             // Python is never called with HUBS locked: a call may release the GIL.
-            let stale: Vec<Py<Hub>> = HUBS.lock().iter().map(|hub| hub.clone_ref(py)).collect();
-            let closed: Vec<bool> = stale
-                .iter()
-                .map(|hub| loop_is_closed(py, &hub.get().event_loop))
+            let known: Vec<Py<Hub>> = HUBS.lock().iter().map(|hub| hub.clone_ref(py)).collect();
+            let closed: Vec<Py<Hub>> = known
+                .into_iter()
+                .filter(|hub| loop_is_closed(py, &hub.get().event_loop))
                 .collect();
             let wake = Waker::new()?;
             let fd = wake.fd();
             let hub = Py::new(
                 py,
                 Hub {
-                    wake,
-                    signalled: AtomicBool::new(false),
-                    queue: SegQueue::new(),
+                    core: Arc::new(HubCore {
+                        wake,
+                        signalled: AtomicBool::new(false),
+                        queue: SegQueue::new(),
+                    }),
                     event_loop: event_loop.clone().unbind(),
                 },
             )?;
             event_loop.call_method1("add_reader", (fd, hub.clone_ref(py)))?;
-            let mut hubs = HUBS.lock();
-            hubs.retain(|hub| {
-                !stale
-                    .iter()
-                    .zip(&closed)
-                    .any(|(old, &is_closed)| is_closed && old.is(hub))
-            });
-            hubs.push(hub.clone_ref(py));
+            let removed: Vec<Py<Hub>> = {
+                let mut hubs = HUBS.lock();
+                let (stale, live): (Vec<_>, Vec<_>) = std::mem::take(&mut *hubs)
+                    .into_iter()
+                    .partition(|hub| closed.iter().any(|c| c.is(hub)));
+                *hubs = live;
+                hubs.push(hub.clone_ref(py));
+                stale
+            };
+            // Dropped after the lock: a closed loop's last reference may run
+            // Python code (and switch threads) as it goes.
+            drop((removed, closed));
             hub
         }
     };
-    LAST.with_borrow_mut(|last| *last = Some(hub.clone_ref(py)));
-    Ok(hub)
+    let core = Arc::clone(&hub.get().core);
+    let previous = LAST.with_borrow_mut(|last| last.replace(hub));
+    drop(previous);
+    Ok(core)
 }
 
 fn loop_is_closed(py: Python<'_>, event_loop: &PyObject) -> bool {

@@ -27,13 +27,14 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTimeoutError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::sync::GILOnceCell;
 use pyo3::types::PyDict;
+use pyo3::{PyTraverseError, PyVisit};
 use raptors_runtime::{JobStatus, Outcome};
 
 use crate::errors;
-use crate::hub::{self, Delivery, Hub};
-use crate::task::{JobError, RuntimeHandle};
+use crate::gil;
+use crate::hub::{self, Delivery, HubCore};
+use crate::task::{JobError, JobValue, RuntimeHandle};
 
 /// A callback and the `contextvars.Context` to run it in.
 pub struct Callback {
@@ -52,7 +53,7 @@ impl Callback {
 
 /// Callbacks bound to one event loop, with a reference to the job to pass them.
 struct LoopGroup {
-    hub: Py<Hub>,
+    hub: Arc<HubCore>,
     job: Py<Job>,
     callbacks: Vec<Callback>,
 }
@@ -71,7 +72,11 @@ struct Listeners {
     /// Callbacks added outside any event loop, and the job to pass them.
     sync: Vec<Callback>,
     sync_job: Option<Py<Job>>,
-    waiters: Option<Arc<(FuturesWaiters, Py<Job>)>>,
+    /// Kept after the job ends: later `wait()` calls read `_state` under it.
+    waiters: Option<Arc<FuturesWaiters>>,
+    /// The job to hand the waiters; taken when the job ends, so the job does
+    /// not keep itself alive.
+    waiters_job: Option<Py<Job>>,
 }
 
 /// What the completion hook took out of [`Listeners`].
@@ -79,7 +84,7 @@ struct Fired {
     loops: Vec<LoopGroup>,
     sync: Vec<Callback>,
     sync_job: Option<Py<Job>>,
-    waiters: Option<Arc<(FuturesWaiters, Py<Job>)>>,
+    waiters: Option<(Arc<FuturesWaiters>, Py<Job>)>,
 }
 
 fn fire(listeners: &Mutex<Listeners>) {
@@ -90,23 +95,21 @@ fn fire(listeners: &Mutex<Listeners>) {
             loops: std::mem::take(&mut guard.loops),
             sync: std::mem::take(&mut guard.sync),
             sync_job: guard.sync_job.take(),
-            // The machinery stays: later `wait()` calls read `_state` under it.
-            waiters: guard.waiters.clone(),
+            waiters: guard.waiters.clone().zip(guard.waiters_job.take()),
         }
     };
     for group in fired.loops {
-        group.hub.get().push(Delivery {
+        group.hub.push(Delivery {
             job: group.job,
             callbacks: group.callbacks,
         });
     }
-    if fired.sync.is_empty() && fired.waiters.is_none() {
+    if fired.sync_job.is_none() && fired.waiters.is_none() {
         return;
     }
-    Python::with_gil(|py| {
-        if let Some(waiters) = fired.waiters {
-            let (machinery, job) = &*waiters;
-            if let Err(err) = notify_futures_waiters(py, machinery, job.bind(py)) {
+    gil::with_gil_here(|py| {
+        if let Some((machinery, job)) = fired.waiters {
+            if let Err(err) = notify_futures_waiters(py, &machinery, job.bind(py)) {
                 err.write_unraisable(py, Some(job.bind(py).as_any()));
             }
         }
@@ -147,10 +150,16 @@ fn notify_futures_waiters(
 /// `concurrent.futures` logs a failing callback and goes on; so do we.
 fn log_callback_error(py: Python<'_>, job: &Bound<'_, PyAny>, err: PyErr) {
     let logged = (|| -> PyResult<()> {
-        let logger = py.import("logging")?.call_method1("getLogger", ("raptors",))?;
+        let logger = py
+            .import("logging")?
+            .call_method1("getLogger", ("raptors",))?;
         let kwargs = PyDict::new(py);
         kwargs.set_item("exc_info", err.value(py))?;
-        logger.call_method("error", ("exception calling callback for %r", job), Some(&kwargs))?;
+        logger.call_method(
+            "error",
+            ("exception calling callback for %r", job),
+            Some(&kwargs),
+        )?;
         Ok(())
     })();
     if let Err(err) = logged {
@@ -167,8 +176,11 @@ pub struct Job {
     pool: Arc<str>,
     listeners: Arc<Mutex<Listeners>>,
     blocking: AtomicBool,
-    settled: GILOnceCell<Settled>,
-    cancel_message: GILOnceCell<PyObject>,
+    /// The converted outcome, once asked for. A lock, not a once-cell, so
+    /// that the garbage collector can clear it (an exception's traceback
+    /// often refers back to the job).
+    settled: Mutex<Option<Settled>>,
+    cancel_message: Mutex<Option<PyObject>>,
 }
 
 impl Job {
@@ -183,8 +195,8 @@ impl Job {
                 pool,
                 listeners,
                 blocking: AtomicBool::new(false),
-                settled: GILOnceCell::new(),
-                cancel_message: GILOnceCell::new(),
+                settled: Mutex::new(None),
+                cancel_message: Mutex::new(None),
             },
         )?;
         handle.on_complete(move || fire(&hook_listeners));
@@ -202,7 +214,9 @@ impl Job {
         }
         let deadline = match timeout {
             Some(t) if t.is_nan() || t < 0.0 => {
-                return Err(PyValueError::new_err("timeout must be a non-negative number of seconds"))
+                return Err(PyValueError::new_err(
+                    "timeout must be a non-negative number of seconds",
+                ))
             }
             Some(t) => Some(Instant::now() + Duration::from_secs_f64(t.min(1e9))),
             None => None,
@@ -210,7 +224,9 @@ impl Job {
         const SLICE: Duration = Duration::from_millis(50);
         loop {
             let slice = match deadline {
-                Some(deadline) => deadline.saturating_duration_since(Instant::now()).min(SLICE),
+                Some(deadline) => deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(SLICE),
                 None => SLICE,
             };
             let handle = &self.handle;
@@ -228,32 +244,57 @@ impl Job {
     }
 
     /// The outcome as Python objects, converted once. Only for ended jobs.
-    fn settled(&self, py: Python<'_>) -> &Settled {
-        self.settled.get_or_init(py, || self.convert_outcome(py))
+    fn settled(&self, py: Python<'_>) -> Settled {
+        let clone = |settled: &Settled| match settled {
+            Ok(value) => Ok(value.clone_ref(py)),
+            Err(exc) => Err(exc.clone_ref(py)),
+        };
+        if let Some(settled) = self.settled.lock().as_ref() {
+            return clone(settled);
+        }
+        // Converting may run Python code: not under the lock.
+        let converted = match self.handle.take_outcome() {
+            Some(outcome) => self.convert_outcome(py, outcome),
+            // Another thread took it and is converting it: wait for its result.
+            None => loop {
+                if let Some(settled) = self.settled.lock().as_ref() {
+                    return clone(settled);
+                }
+                py.allow_threads(std::thread::yield_now);
+            },
+        };
+        clone(self.settled.lock().get_or_insert(converted))
     }
 
-    fn convert_outcome(&self, py: Python<'_>) -> Settled {
+    fn convert_outcome(&self, py: Python<'_>, outcome: Outcome<JobValue, JobError>) -> Settled {
         let exception = |err: PyErr| Err(err.into_value(py).into_any());
-        match self.handle.take_outcome() {
-            Some(Outcome::Done(value)) => value.into_py_result(py).or_else(exception),
-            Some(Outcome::Failed(JobError::Python(err))) => exception(err),
-            Some(Outcome::Failed(JobError::Kernel(err))) => exception(errors::kernel_error(py, err)),
-            Some(Outcome::Panicked(message)) => exception(errors::raptors_error(
+        match outcome {
+            Outcome::Done(value) => value.into_py_result(py).or_else(exception),
+            Outcome::Failed(JobError::Python(err)) => exception(err),
+            Outcome::Failed(JobError::Kernel(err)) => exception(errors::kernel_error(py, err)),
+            Outcome::Panicked(message) => exception(errors::raptors_error(
                 py,
                 format!("job in pool '{}' panicked: {message}", self.pool),
             )),
-            Some(Outcome::Cancelled) => exception(self.cancelled_error(py)),
-            Some(Outcome::Expired) => exception(errors::deadline_exceeded(
+            Outcome::Cancelled => exception(self.cancelled_error(py)),
+            Outcome::Expired => exception(errors::deadline_exceeded(
                 py,
-                format!("job expired: it did not start before its timeout in pool '{}'", self.pool),
+                format!(
+                    "job expired: it did not start before its timeout in pool '{}'",
+                    self.pool
+                ),
             )),
-            None => exception(PyRuntimeError::new_err("the job's outcome was already taken")),
         }
     }
 
     fn cancelled_error(&self, py: Python<'_>) -> PyErr {
-        let message = match self.cancel_message.get(py) {
-            Some(message) => message.bind(py).str().map(|s| s.to_string()).unwrap_or_default(),
+        let message = self.cancel_message.lock().as_ref().map(|m| m.clone_ref(py));
+        let message = match message {
+            Some(message) => message
+                .bind(py)
+                .str()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
             None => format!("job in pool '{}' was cancelled", self.pool),
         };
         errors::job_cancelled(py, message)
@@ -263,15 +304,20 @@ impl Job {
     /// job. asyncio compares the type exactly (`asyncio.timeout` turns only
     /// that type into `TimeoutError`), so the dual `JobCancelled` won't do.
     fn asyncio_cancelled_error(&self, py: Python<'_>) -> PyErr {
-        let message = self.cancelled_error(py).value(py).str().map(|s| s.to_string()).unwrap_or_default();
+        let message = self
+            .cancelled_error(py)
+            .value(py)
+            .str()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
         pyo3::exceptions::asyncio::CancelledError::new_err(message)
     }
 
     /// The result, or the job's exception raised.
     fn outcome_result(&self, py: Python<'_>) -> PyResult<PyObject> {
         match self.settled(py) {
-            Ok(value) => Ok(value.clone_ref(py)),
-            Err(exc) => Err(PyErr::from_value(exc.bind(py).clone())),
+            Ok(value) => Ok(value),
+            Err(exc) => Err(PyErr::from_value(exc.into_bound(py))),
         }
     }
 
@@ -287,21 +333,27 @@ impl Job {
     fn futures_waiters(slf: &Bound<'_, Job>) -> PyResult<(PyObject, PyObject)> {
         let py = slf.py();
         let job = slf.get();
-        {
-            let guard = job.listeners.lock();
-            if let Some(existing) = &guard.waiters {
-                let (w, _) = &**existing;
-                return Ok((w.condition.clone_ref(py), w.waiters.clone_ref(py)));
+        let existing = job.listeners.lock().waiters.clone();
+        let machinery = match existing {
+            Some(machinery) => machinery,
+            None => {
+                let created = Arc::new(FuturesWaiters {
+                    condition: py.import("threading")?.call_method0("Condition")?.unbind(),
+                    waiters: pyo3::types::PyList::empty(py).into_any().unbind(),
+                });
+                let mut guard = job.listeners.lock();
+                if !guard.finished {
+                    guard
+                        .waiters_job
+                        .get_or_insert_with(|| slf.clone().unbind());
+                }
+                Arc::clone(guard.waiters.get_or_insert(created))
             }
-        }
-        let condition = py.import("threading")?.call_method0("Condition")?.unbind();
-        let waiters = pyo3::types::PyList::empty(py).into_any().unbind();
-        let mut guard = job.listeners.lock();
-        let existing = guard.waiters.get_or_insert_with(|| {
-            Arc::new((FuturesWaiters { condition, waiters }, slf.clone().unbind()))
-        });
-        let (w, _) = &**existing;
-        Ok((w.condition.clone_ref(py), w.waiters.clone_ref(py)))
+        };
+        Ok((
+            machinery.condition.clone_ref(py),
+            machinery.waiters.clone_ref(py),
+        ))
     }
 }
 
@@ -340,9 +392,9 @@ impl Job {
     /// Cancels a job that has not started. True if it will never run (or was
     /// already cancelled); false if it is running or ended otherwise.
     #[pyo3(signature = (msg=None))]
-    fn cancel(&self, py: Python<'_>, msg: Option<PyObject>) -> bool {
+    fn cancel(&self, msg: Option<PyObject>) -> bool {
         if let Some(msg) = msg {
-            let _ = self.cancel_message.set(py, msg);
+            self.cancel_message.lock().get_or_insert(msg);
         }
         self.handle.cancel()
     }
@@ -359,7 +411,7 @@ impl Job {
         match self.settled(py) {
             Ok(_) => Ok(None),
             Err(_) if self.handle.status() == JobStatus::Cancelled => Err(self.cancelled_error(py)),
-            Err(exc) => Ok(Some(exc.clone_ref(py))),
+            Err(exc) => Ok(Some(exc)),
         }
     }
 
@@ -382,7 +434,7 @@ impl Job {
             let mut guard = job.listeners.lock();
             if !guard.finished {
                 match hub {
-                    Some(hub) => match guard.loops.iter_mut().find(|g| g.hub.is(&hub)) {
+                    Some(hub) => match guard.loops.iter_mut().find(|g| Arc::ptr_eq(&g.hub, &hub)) {
                         Some(group) => group.callbacks.push(callback),
                         None => guard.loops.push(LoopGroup {
                             hub,
@@ -421,34 +473,46 @@ impl Job {
         // Equality may run Python code: compare outside the lock.
         let (loops, sync) = {
             let mut guard = job.listeners.lock();
-            (std::mem::take(&mut guard.loops), std::mem::take(&mut guard.sync))
+            (
+                std::mem::take(&mut guard.loops),
+                std::mem::take(&mut guard.sync),
+            )
         };
         let mut removed = 0;
-        let mut keep = |callbacks: Vec<Callback>| -> PyResult<Vec<Callback>> {
+        // A comparison that raises keeps its callback, and every later one:
+        // nothing is lost, and the error is raised once all are back.
+        let mut failure: Option<PyErr> = None;
+        let mut keep = |callbacks: Vec<Callback>| -> Vec<Callback> {
             let mut kept = Vec::with_capacity(callbacks.len());
             for callback in callbacks {
-                if callback.func.bind(py).eq(func)? {
-                    removed += 1;
-                } else {
-                    kept.push(callback);
+                if failure.is_none() {
+                    match callback.func.bind(py).eq(func) {
+                        Ok(true) => {
+                            removed += 1;
+                            continue;
+                        }
+                        Ok(false) => {}
+                        Err(err) => failure = Some(err),
+                    }
                 }
+                kept.push(callback);
             }
-            Ok(kept)
+            kept
         };
         let mut kept_loops = Vec::with_capacity(loops.len());
         for mut group in loops {
-            group.callbacks = keep(group.callbacks)?;
+            group.callbacks = keep(group.callbacks);
             if !group.callbacks.is_empty() {
                 kept_loops.push(group);
             }
         }
-        let kept_sync = keep(sync)?;
+        let kept_sync = keep(sync);
         let mut guard = job.listeners.lock();
         if guard.finished {
             // The hook ran while the callbacks were out; deliver what is left.
             drop(guard);
             for group in kept_loops {
-                group.hub.get().push(Delivery {
+                group.hub.push(Delivery {
                     job: group.job,
                     callbacks: group.callbacks,
                 });
@@ -462,14 +526,58 @@ impl Job {
             guard.loops.extend(kept_loops);
             guard.sync.extend(kept_sync);
         }
-        Ok(removed)
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(removed),
+        }
+    }
+
+    /// Waits up to `timeout` seconds (`None`: no limit) for the job to end,
+    /// without raising its outcome. True if it has ended.
+    #[pyo3(signature = (timeout=None))]
+    fn _wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        match self.wait(py, timeout) {
+            Ok(()) => Ok(true),
+            Err(err) if err.is_instance_of::<PyTimeoutError>(py) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Garbage-collector support: a job's exception often refers back to it
+    /// (its traceback holds the frame that held the job). Only the outcome
+    /// and cancel message are shown to the collector: the listeners (and the
+    /// job references they hold) are kept alive on purpose by the pending
+    /// native job until it ends, which the collector cannot see.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(settled) = self.settled.try_lock() {
+            match settled.as_ref() {
+                Some(Ok(value)) => visit.call(value)?,
+                Some(Err(exc)) => visit.call(exc)?,
+                None => {}
+            }
+        }
+        if let Some(message) = self.cancel_message.try_lock() {
+            if let Some(message) = message.as_ref() {
+                visit.call(message)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let settled = self.settled.lock().take();
+        let message = self.cancel_message.lock().take();
+        drop((settled, message));
     }
 
     /// The loop awaiting the job: the running loop, else the current one.
     fn get_loop(&self, py: Python<'_>) -> PyResult<PyObject> {
         match hub::running_loop(py)? {
             Some(event_loop) => Ok(event_loop.unbind()),
-            None => Ok(py.import("asyncio")?.call_method0("get_event_loop")?.unbind()),
+            None => Ok(py
+                .import("asyncio")?
+                .call_method0("get_event_loop")?
+                .unbind()),
         }
     }
 

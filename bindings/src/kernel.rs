@@ -116,7 +116,13 @@ impl Kernel {
         if sig.axis {
             names.push("axis");
         }
-        let bound = bind_arguments(self.name, &names, sig.operands.len() + usize::from(sig.k), args, kwargs)?;
+        let bound = bind_arguments(
+            self.name,
+            &names,
+            sig.operands.len() + usize::from(sig.k),
+            args,
+            kwargs,
+        )?;
         let mut as_rp_array = false;
         let mut operands = Vec::with_capacity(sig.operands.len());
         for (position, value) in bound[..sig.operands.len()].iter().enumerate() {
@@ -135,7 +141,11 @@ impl Kernel {
             params.k = Some(non_negative_int(k, "k")?);
         }
         if sig.axis {
-            if let Some(axis) = rest.next().and_then(Option::as_ref).filter(|a| !a.is_none()) {
+            if let Some(axis) = rest
+                .next()
+                .and_then(Option::as_ref)
+                .filter(|a| !a.is_none())
+            {
                 params.axis = Some(integer(axis, "axis")?);
             }
         }
@@ -161,7 +171,11 @@ fn unbounded(operand: &HeldOperand, lower: bool) -> HeldOperand {
         Some(DType::Int64) => integer_bound(i64::MIN, i64::MAX),
         Some(DType::Float32 | DType::Float64) | None => match operand {
             HeldOperand::Int(_) => integer_bound(i64::MIN, i64::MAX),
-            _ => HeldOperand::Float(if lower { f64::NEG_INFINITY } else { f64::INFINITY }),
+            _ => HeldOperand::Float(if lower {
+                f64::NEG_INFINITY
+            } else {
+                f64::INFINITY
+            }),
         },
     }
 }
@@ -173,13 +187,19 @@ fn views(operands: &[HeldOperand]) -> Result<SmallVec<[Operand<'_>; 3]>, KernelE
 
 fn integer(value: &Bound<'_, PyAny>, argument: &str) -> PyResult<isize> {
     if value.is_instance_of::<PyBool>() {
-        return Err(PyTypeError::new_err(format!("{argument} must be an integer, not bool")));
+        return Err(PyTypeError::new_err(format!(
+            "{argument} must be an integer, not bool"
+        )));
     }
     // numpy integers implement __index__; floats do not.
     let index = value.call_method0("__index__").map_err(|_| {
         PyTypeError::new_err(format!(
             "{argument} must be an integer, not {}",
-            value.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+            value
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
         ))
     })?;
     index.extract::<isize>()
@@ -191,7 +211,8 @@ fn non_negative_int(value: &Bound<'_, PyAny>, argument: &str) -> PyResult<usize>
     } else {
         integer(value, argument)?
     };
-    usize::try_from(n).map_err(|_| PyValueError::new_err(format!("{argument} must be >= 1, got {n}")))
+    usize::try_from(n)
+        .map_err(|_| PyValueError::new_err(format!("{argument} must be >= 1, got {n}")))
 }
 
 /// Python's argument binding for `name(*names)`, the first `required` of
@@ -253,7 +274,9 @@ impl Kernel {
         let prepared = self.prepare(py, args, kwargs)?;
         let elements = prepared.elements();
         let output = gil::release(py, elements, || prepared.run(&Serial));
-        output.map_err(|err| errors::kernel_error(py, err))?.into_py(py)
+        output
+            .map_err(|err| errors::kernel_error(py, err))?
+            .into_py(py)
     }
 
     #[getter]

@@ -37,12 +37,16 @@ fn int_argument(value: &Bound<'_, PyAny>, argument: &str) -> PyResult<i64> {
             value.get_type().name()?
         )));
     }
-    value.extract::<i64>().map_err(|_| PyValueError::new_err(format!("{argument} is out of range")))
+    value
+        .extract::<i64>()
+        .map_err(|_| PyValueError::new_err(format!("{argument} is out of range")))
 }
 
 fn positive(value: i64, argument: &str) -> PyResult<usize> {
     if value < 1 {
-        return Err(PyValueError::new_err(format!("{argument} must be >= 1, got {value}")));
+        return Err(PyValueError::new_err(format!(
+            "{argument} must be >= 1, got {value}"
+        )));
     }
     usize::try_from(value).map_err(|_| PyValueError::new_err(format!("{argument} is out of range")))
 }
@@ -76,7 +80,11 @@ fn lower_thread_priority(nice: i32) {
         unsafe {
             let tid = libc::gettid();
             let current = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
-            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, (current + nice).min(19));
+            libc::setpriority(
+                libc::PRIO_PROCESS,
+                tid as libc::id_t,
+                (current + nice).min(19),
+            );
         }
     }
     #[cfg(not(target_os = "linux"))]
@@ -89,12 +97,18 @@ fn deadline_after(timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Instant
         return Ok(None);
     };
     if timeout.is_instance_of::<PyBool>() {
-        return Err(PyTypeError::new_err("timeout must be a number of seconds, not bool"));
+        return Err(PyTypeError::new_err(
+            "timeout must be a number of seconds, not bool",
+        ));
     }
     let seconds: f64 = timeout.extract().map_err(|_| {
         PyTypeError::new_err(format!(
             "timeout must be a number of seconds, not {}",
-            timeout.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+            timeout
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
         ))
     })?;
     if seconds.is_nan() || seconds < 0.0 {
@@ -102,7 +116,9 @@ fn deadline_after(timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Instant
             "timeout must be a non-negative number of seconds, got {seconds}"
         )));
     }
-    Ok(Some(Instant::now() + Duration::from_secs_f64(seconds.min(1e9))))
+    Ok(Some(
+        Instant::now() + Duration::from_secs_f64(seconds.min(1e9)),
+    ))
 }
 
 impl PoolCore {
@@ -126,7 +142,10 @@ impl PoolCore {
             .map_err(|_| {
                 PyTypeError::new_err(format!(
                     "name must be a str, not {}",
-                    name.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                    name.get_type()
+                        .name()
+                        .map(|n| n.to_string())
+                        .unwrap_or_default()
                 ))
             })?
             .to_str()?
@@ -199,6 +218,7 @@ impl PoolCore {
     /// Submits `fn(*args, **kwargs)`; returns an `rp.Job` at once, or raises
     /// `QueueFull` / `PoolClosed`. Never blocks.
     #[pyo3(signature = (func, /, *args, priority=None, token=None, timeout=None, **kwargs))]
+    #[allow(clippy::too_many_arguments)] // Python's signature, bound by PyO3
     fn submit(
         &self,
         py: Python<'_>,
@@ -274,7 +294,8 @@ impl PoolCore {
         let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.clamp(0.0, 1e9)));
         loop {
             let slice = deadline.map_or(Duration::from_millis(50), |d| {
-                d.saturating_duration_since(Instant::now()).min(Duration::from_millis(50))
+                d.saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(50))
             });
             let pool = &self.pool;
             if py.allow_threads(|| pool.join(Some(slice))) {

@@ -164,7 +164,23 @@ fn main() {
                         let (vm, vq) = (Operand::Array(m.view()), Operand::Array(q.view()));
                         bench(&pool, row(rows * d * item, format!("{rows}x{d}")), &|e| {
                             run(op, &[vm, vq], &p, e).unwrap()
-                        })
+                        });
+                        if !dt.is_float() || n != 1_000_000 {
+                            continue;
+                        }
+                        // Query batches against a 20000 x 256 matrix (the
+                        // row-streaming kernel up to its cutoff, then GEMM).
+                        let rows = 20_000;
+                        let m = array(dt, rows * d, &[rows, d]);
+                        let vm = Operand::Array(m.view());
+                        for nq in [1usize, 4, 16, 32, 64, 128] {
+                            let q = array(dt, nq * d, &[nq, d]);
+                            let vq = Operand::Array(q.view());
+                            let size = format!("{rows}x{d} q={nq}");
+                            bench(&pool, row(rows * d * item, size), &|e| {
+                                run(op, &[vm, vq], &p, e).unwrap()
+                            });
+                        }
                     }
                 }
             }

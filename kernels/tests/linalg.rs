@@ -407,3 +407,82 @@ fn op_table_round_trips() {
         assert_eq!(DType::from_name(dt.name()), Some(dt));
     }
 }
+
+/// Exec that may split across the pool it runs on.
+struct Pool2;
+impl Exec for Pool2 {
+    fn max_threads(&self) -> usize {
+        2
+    }
+}
+
+#[test]
+fn cosine_similarity_query_batches() {
+    let (rows, d) = (37usize, 45usize);
+    for dt in [DType::Float32, DType::Float64] {
+        let tol = if dt == DType::Float32 { 2e-6 } else { 1e-13 };
+        let mut mv = values(rows * d, 31, false);
+        mv[5 * d..6 * d].iter_mut().for_each(|v| *v = 0.0);
+        for nq in 1..=33usize {
+            let mut qv = values(nq * d, 32 + nq as u64, false);
+            qv[..d].iter_mut().for_each(|v| *v = 0.0);
+            for layout in [Layout::C, Layout::Strided, Layout::F] {
+                let cm = Case::new(dt, &mv, &[rows, d], layout);
+                let cq = Case::new(dt, &qv, &[nq, d], layout);
+                let got = flat(
+                    &run(
+                        Op::CosineSimilarity,
+                        &[cm.op(), cq.op()],
+                        &Params::default(),
+                        &Serial,
+                    )
+                    .unwrap(),
+                );
+                assert_eq!((got.0, &got.1), (dt, &vec![rows, nq]));
+                let want = cos_ref(&cm.vals, rows, d, &cq.vals);
+                assert_all_close(&got.2, &want, tol, "cos batch");
+            }
+        }
+    }
+    // Large enough to split across a pool: parallel equals serial exactly.
+    let (rows, d) = (9000usize, 131usize);
+    let m = Case::new(
+        DType::Float32,
+        &values(rows * d, 41, false),
+        &[rows, d],
+        Layout::C,
+    );
+    for nq in [1usize, 5, 16] {
+        let q = Case::new(
+            DType::Float32,
+            &values(nq * d, 42, false),
+            &[nq, d],
+            Layout::C,
+        );
+        let call = |e: &dyn Exec| {
+            flat(
+                &run(
+                    Op::CosineSimilarity,
+                    &[m.op(), q.op()],
+                    &Params::default(),
+                    e,
+                )
+                .unwrap(),
+            )
+            .2
+        };
+        let serial = call(&Serial);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let par = pool.install(|| call(&Pool2));
+        assert_eq!(serial, par);
+        assert_all_close(
+            &serial,
+            &cos_ref(&m.vals, rows, d, &q.vals),
+            2e-6,
+            "cos par",
+        );
+    }
+}
