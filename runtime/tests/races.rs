@@ -42,7 +42,9 @@ fn submit_tracked(pool: &Pool, i: u32, token: &CancelToken) -> Option<Job> {
     let r = Arc::clone(&record);
     let opts = SubmitOptions {
         priority: i64::from(i % 3),
-        deadline: i.is_multiple_of(5).then(|| Instant::now() + Duration::from_micros(u64::from(i % 200))),
+        deadline: i
+            .is_multiple_of(5)
+            .then(|| Instant::now() + Duration::from_micros(u64::from(i % 200))),
         token: i.is_multiple_of(7).then(|| token.clone()),
     };
     let job = pool
