@@ -75,19 +75,7 @@ impl Array {
         let numpy = py.import("numpy")?;
         let converted = numpy.call_method1("asarray", (obj, dtype))?;
         let array = converted.downcast::<PyUntypedArray>()?;
-        let descr = array.dtype();
-        let dtype = match (descr.kind(), descr.itemsize()) {
-            (b'f', 4) => DType::Float32,
-            (b'f', 8) => DType::Float64,
-            (b'i', 4) => DType::Int32,
-            (b'i', 8) => DType::Int64,
-            _ => {
-                return Err(PyTypeError::new_err(format!(
-                    "unsupported dtype {}: rp.Array holds float32, float64, int32 or int64",
-                    descr.str()?
-                )))
-            }
-        };
+        let dtype = crate::convert::dtype_of(&array.dtype())?;
         if array.ndim() > 2 {
             return Err(PyValueError::new_err(format!(
                 "rp.Array supports at most 2 dimensions, got {}",

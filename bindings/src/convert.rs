@@ -116,7 +116,8 @@ fn numpy_api(py: Python<'_>) -> PyResult<&NumpyApi> {
     })
 }
 
-fn dtype_of(descr: &Bound<'_, PyArrayDescr>) -> PyResult<DType> {
+/// The Raptors dtype of a NumPy dtype; `TypeError` naming it when unsupported.
+pub fn dtype_of(descr: &Bound<'_, PyArrayDescr>) -> PyResult<DType> {
     let supported = match (descr.kind(), descr.itemsize()) {
         (b'f', 4) => Some(DType::Float32),
         (b'f', 8) => Some(DType::Float64),

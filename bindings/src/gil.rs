@@ -11,6 +11,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -29,6 +30,28 @@ where
         work()
     } else {
         py.allow_threads(work)
+    }
+}
+
+/// Blocks until `wait(slice)` returns true or `deadline` passes, with the GIL
+/// released, in short slices so that Ctrl-C (a pending signal) still
+/// interrupts the caller. True if `wait` succeeded.
+pub fn wait_interruptibly<F>(py: Python<'_>, deadline: Option<Instant>, wait: F) -> PyResult<bool>
+where
+    F: Fn(Duration) -> bool + pyo3::marker::Ungil + Sync,
+{
+    const SLICE: Duration = Duration::from_millis(50);
+    loop {
+        let slice = deadline.map_or(SLICE, |d| {
+            d.saturating_duration_since(Instant::now()).min(SLICE)
+        });
+        if py.allow_threads(|| wait(slice)) {
+            return Ok(true);
+        }
+        py.check_signals()?;
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(false);
+        }
     }
 }
 

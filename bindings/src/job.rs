@@ -221,25 +221,14 @@ impl Job {
             Some(t) => Some(Instant::now() + Duration::from_secs_f64(t.min(1e9))),
             None => None,
         };
-        const SLICE: Duration = Duration::from_millis(50);
-        loop {
-            let slice = match deadline {
-                Some(deadline) => deadline
-                    .saturating_duration_since(Instant::now())
-                    .min(SLICE),
-                None => SLICE,
-            };
-            let handle = &self.handle;
-            if py.allow_threads(|| handle.wait(Some(slice))) {
-                return Ok(());
-            }
-            py.check_signals()?;
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(PyTimeoutError::new_err(format!(
-                    "job did not finish within {:.3} s",
-                    timeout.unwrap_or_default()
-                )));
-            }
+        let handle = &self.handle;
+        if gil::wait_interruptibly(py, deadline, |slice| handle.wait(Some(slice)))? {
+            Ok(())
+        } else {
+            Err(PyTimeoutError::new_err(format!(
+                "job did not finish within {:.3} s",
+                timeout.unwrap_or_default()
+            )))
         }
     }
 

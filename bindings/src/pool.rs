@@ -121,12 +121,6 @@ fn deadline_after(timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Instant
     ))
 }
 
-impl PoolCore {
-    pub fn runtime_pool(&self) -> &Pool {
-        &self.pool
-    }
-}
-
 #[pymethods]
 impl PoolCore {
     #[new]
@@ -292,20 +286,8 @@ impl PoolCore {
             )));
         }
         let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.clamp(0.0, 1e9)));
-        loop {
-            let slice = deadline.map_or(Duration::from_millis(50), |d| {
-                d.saturating_duration_since(Instant::now())
-                    .min(Duration::from_millis(50))
-            });
-            let pool = &self.pool;
-            if py.allow_threads(|| pool.join(Some(slice))) {
-                return Ok(true);
-            }
-            py.check_signals()?;
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(false);
-            }
-        }
+        let pool = &self.pool;
+        gil::wait_interruptibly(py, deadline, |slice| pool.join(Some(slice)))
     }
 
     /// Whether a submit now would be accepted (a hint for `map`).
