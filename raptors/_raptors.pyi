@@ -160,6 +160,7 @@ scale: Kernel
 clip: Kernel
 cosine_similarity: Kernel
 topk: Kernel
+cosine_topk: Kernel
 _test_panic_kernel: Kernel
 
 def _interpreter_exiting() -> None: ...

@@ -42,6 +42,7 @@ from raptors import service
 
 DEFAULT_VARIANTS = (
     "raptors",
+    "raptors-single",
     "numpy-inline",
     "numpy-to-thread",
     "numpy-def",
@@ -440,7 +441,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--health-interval", type=float, default=0.010,
                    help="seconds between /health polls (0.010)")  # fmt: skip
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                   help="comma-separated (default: all but raptors-batch); from: "
+                   help="comma-separated (default: all); from: "
                    + ", ".join(service.VARIANTS) + " (suffix :blas1 for OPENBLAS_NUM_THREADS=1)")  # fmt: skip
     p.add_argument("--out", default="bench-results", help="directory for bench.json, bench.png")
 

@@ -7,20 +7,21 @@ rows are pre-normalised. ``GET /health``, ``GET /metrics``, ``GET /stats``.
 Variants (for ``python -m raptors bench``) share the request parsing, the
 response encoding and the answers; only the scoring call differs:
 
-* ``raptors``: one pool job per request on the tenant's pool, calling
-  ``rp.cosine_similarity`` then ``rp.topk`` (both release the GIL);
+* ``raptors``: requests coalesced by ``raptors.fastapi.Batcher`` on the
+  tenant's pool: a request that finds a free worker is scored at once,
+  alone; requests arriving while the workers are busy leave together as one
+  native ``rp.cosine_topk(matrix, queries, 10)`` job (the matrix is read once
+  per batch, and the worker never takes the GIL);
+* ``raptors-single``: one native ``rp.cosine_topk(matrix, q, 10)`` job per
+  request;
 * ``numpy-inline``: NumPy called inside the ``async def`` endpoint;
 * ``numpy-to-thread``: NumPy through ``await asyncio.to_thread``;
 * ``numpy-def``: NumPy in a plain ``def`` endpoint (FastAPI's thread pool);
-* ``raptors-batch``: the same kernels through ``raptors.fastapi.Batcher``:
-  requests that arrive while the tenant's workers are busy are scored
-  together, one ``rp.cosine_similarity(matrix, queries)`` call per batch
-  (the matrix is read once per batch), then ``rp.topk`` per query;
 * ``noop``: parses the request and answers a fixed top-10 (the HTTP floor).
 
 Tenants (``X-Tenant``), priorities (``X-Priority`` or ``?priority=``) and
 start deadlines (``X-Timeout`` or ``?timeout=``, seconds) apply to the
-``raptors`` variant; the others ignore them.
+``raptors`` variants; the others ignore them.
 """
 
 import asyncio
@@ -38,7 +39,7 @@ ROWS = 20_000
 DIM = 256
 K = 10
 SEED = 20_240_917
-VARIANTS = ("raptors", "raptors-batch", "numpy-inline", "numpy-to-thread", "numpy-def", "noop")
+VARIANTS = ("raptors", "raptors-single", "numpy-inline", "numpy-to-thread", "numpy-def", "noop")
 MAX_BODY = 64 * 1024
 _NUMBER_TYPES = frozenset((float, int))
 
@@ -136,28 +137,18 @@ def topk_numpy(matrix: np.ndarray, q: np.ndarray, k: int = K) -> tuple[np.ndarra
     return idx[order], top[order]
 
 
-def make_raptors_scorer(matrix: np.ndarray, k: int = K) -> Any:
-    """The one pool job per request: both kernels release the GIL while computing."""
+def make_raptors_batcher(matrix: np.ndarray, k: int = K, max_batch: int = 32) -> Any:
+    """Coalesced scoring: one native ``rp.cosine_topk`` job per batch of queries."""
+    from raptors.fastapi import Batcher
 
-    def score(q: np.ndarray) -> tuple[Any, Any]:
-        sims = rp.cosine_similarity(matrix, q)
-        return rp.topk(sims, k)
+    def gather(queries: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
+        return matrix, np.stack(queries), k
 
-    return score
+    def scatter(result: tuple[np.ndarray, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        ids, scores = result
+        return list(zip(ids, scores, strict=True))
 
-
-def make_raptors_batch_scorer(matrix: np.ndarray, k: int = K) -> Any:
-    """One pool job per batch: one (rows x B) cosine call, then top-k per query."""
-    single = make_raptors_scorer(matrix, k)
-
-    def score_batch(queries: list[np.ndarray]) -> list[tuple[Any, Any]]:
-        if len(queries) == 1:
-            return [single(queries[0])]
-        sims = np.asarray(rp.cosine_similarity(matrix, np.stack(queries)))
-        by_query = np.ascontiguousarray(sims.T)  # (B, rows): each top-k reads one row
-        return [rp.topk(by_query[j], k) for j in range(len(queries))]
-
-    return score_batch
+    return Batcher(rp.cosine_topk, gather=gather, scatter=scatter, max_batch=max_batch)
 
 
 def encode_answer(ids: Any, scores: Any) -> bytes:
@@ -183,7 +174,7 @@ def create_app(
     from fastapi import Depends, FastAPI, Request
     from fastapi.responses import JSONResponse, Response
 
-    from raptors.fastapi import Batcher, Raptors, TenantTemplate
+    from raptors.fastapi import Raptors, TenantTemplate
 
     variant = variant or os.environ.get("RAPTORS_VARIANT", "raptors")
     if variant not in VARIANTS:
@@ -233,7 +224,8 @@ def create_app(
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     if variant == "raptors":
-        scorer = make_raptors_scorer(m)
+        batcher = make_raptors_batcher(m)
+        app.state.batcher = batcher
 
         @app.post("/score")
         async def score_raptors(
@@ -243,23 +235,23 @@ def create_app(
         ) -> Response:
             priority = parse_priority(request)
             timeout = parse_timeout(request, rx.default_timeout)
-            ids, scores = await rx.run(request, pool, scorer, q, priority=priority, timeout=timeout)
+            fut = batcher.submit(pool, q, priority=priority, timeout=timeout)
+            ids, scores = await rx.wait(request, fut)
             return answer(ids, scores)
 
-    elif variant == "raptors-batch":
-        batcher = Batcher(make_raptors_batch_scorer(m), max_batch=32)
-        app.state.batcher = batcher
+    elif variant == "raptors-single":
 
         @app.post("/score")
-        async def score_raptors_batch(
+        async def score_raptors_single(
             request: Request,
             q: Annotated[np.ndarray, Depends(query)],
             pool: Annotated[rp.Pool, Depends(rx.tenant_pool)],
         ) -> Response:
             priority = parse_priority(request)
             timeout = parse_timeout(request, rx.default_timeout)
-            fut = batcher.submit(pool, q, priority=priority, timeout=timeout)
-            ids, scores = await rx.wait(request, fut)
+            ids, scores = await rx.run(
+                request, pool, rp.cosine_topk, m, q, K, priority=priority, timeout=timeout
+            )
             return answer(ids, scores)
 
     elif variant == "numpy-inline":

@@ -7,7 +7,9 @@ import time
 import uuid
 from typing import Annotated
 
+import numpy as np
 import pytest
+from conftest import HANG
 
 pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
@@ -410,7 +412,7 @@ async def test_batcher_coalesces_and_keeps_order():
         calls.append(list(items))
         return [2 * x for x in items]
 
-    batcher = Batcher(double_all, max_batch=3)
+    batcher = Batcher(double_all, max_batch=3, max_pending=6)
     try:
         gate, _ = block(pool)
         futs = [batcher.submit(pool, i) for i in range(7)]
@@ -449,3 +451,92 @@ async def test_batcher_drops_cancelled_items_and_reports_queue_full():
         assert [2] not in seen and all(2 not in s for s in seen)
     finally:
         pool.close()
+
+
+async def test_batcher_runs_a_native_kernel_through_gather_and_scatter():
+    rng = np.random.default_rng(3)
+    matrix = rng.standard_normal((300, 16)).astype(np.float32)
+    queries = [rng.standard_normal(16).astype(np.float32) for _ in range(6)]
+    pool = rp.Pool(uniq("batch-native"), threads=1, queue=8)
+    batcher = Batcher(
+        rp.cosine_topk,
+        gather=lambda qs: (matrix, np.stack(qs), 3),
+        scatter=lambda result: list(zip(*result, strict=True)),
+    )
+    try:
+        gate, _ = block(pool)
+        futs = [batcher.submit(pool, q) for q in queries]
+        gate.set()
+        answers = await asyncio.gather(*futs)
+        assert batcher.items == 6 and batcher.batches == 2  # one alone, then five together
+        for q, (ids, scores) in zip(queries, answers, strict=True):
+            want_ids, want_scores = rp.topk(rp.cosine_similarity(matrix, q), 3)
+            np.testing.assert_array_equal(ids, want_ids)
+            np.testing.assert_allclose(scores, want_scores, rtol=1e-6)
+    finally:
+        pool.close()
+
+
+async def test_batcher_bounds_waiting_items_like_the_queue():
+    pool = rp.Pool(uniq("batch-bound"), threads=1, queue=2)
+    batcher = Batcher(lambda items: items)
+    try:
+        gate, _ = block(pool)
+        first = batcher.submit(pool, 0)  # takes the lane's one slot: queued in the pool
+        waiting = [batcher.submit(pool, i) for i in (1, 2)]
+        assert batcher.pending == 2
+        refused = batcher.submit(pool, 3)
+        with pytest.raises(rp.QueueFull, match="2 requests are already waiting") as info:
+            await refused
+        assert (info.value.pool, info.value.capacity) == (pool.name, 2)
+        assert batcher.rejected == 1 and batcher.pending == 2
+        gate.set()
+        assert await first == 0
+        assert await asyncio.gather(*waiting) == [1, 2]
+        assert batcher.pending == 0 and batcher.items == 3
+    finally:
+        pool.close()
+
+
+async def test_batcher_expires_items_that_wait_past_their_timeout():
+    pool = rp.Pool(uniq("batch-expire"), threads=1, queue=4)
+    ran: list[list[int]] = []
+
+    def slow_first(items):
+        ran.append(list(items))
+        if 0 in items:
+            time.sleep(0.3)
+        return items
+
+    batcher = Batcher(slow_first)
+    try:
+        first = batcher.submit(pool, 0, timeout=0.05)  # starts at once, runs 0.3 s
+        wait_until(lambda: pool.stats().running == 1)
+        late = batcher.submit(pool, 1, timeout=0.05)  # waits for the lane's one slot
+        assert batcher.pending == 1
+        with pytest.raises(rp.DeadlineExceeded, match="waited 0.05 s for a batch slot"):
+            await asyncio.wait_for(late, HANG)
+        assert batcher.expired == 1
+        assert await asyncio.wait_for(first, HANG) == 0
+        await asyncio.sleep(0.05)
+        assert ran == [[0]] and batcher.pending == 0
+        s = pool.stats()
+        assert (s.submitted, s.completed, s.expired) == (1, 1, 0)  # the late item never reached the pool
+    finally:
+        pool.close()
+
+
+async def test_batcher_hands_closed_pools_and_gather_errors_to_the_caller():
+    pool = rp.Pool(uniq("batch-errors"), threads=1, queue=2)
+
+    def gather(items):
+        raise ValueError(f"cannot stack {len(items)} items")
+
+    batcher = Batcher(lambda items: items, gather=gather)
+    with pytest.raises(ValueError, match="cannot stack 1 items"):
+        await batcher.submit(pool, 0)
+    pool.close()
+    with pytest.raises(rp.PoolClosed, match="closed") as info:
+        await Batcher(lambda items: items).submit(pool, 0)
+    assert info.value.pool == pool.name
+    assert pool.stats().submitted == 0

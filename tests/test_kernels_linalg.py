@@ -318,6 +318,98 @@ def test_cosine_dimension_mismatch():
         rp.cosine_similarity(np.ones((4, 8)), np.ones((2, 7)))
 
 
+# cosine_topk(matrix, query, k): topk of cosine_similarity, per query
+
+
+def ref_cosine_topk(m, q, k):
+    """NumPy's answer: the reference scores ranked by ref_topk, per query."""
+    scores = ref_cosine_similarity(m, q)
+    if np.asarray(q).ndim == 1:
+        return ref_topk(scores, k)
+    ranked = [ref_topk(scores[:, j], k) for j in range(scores.shape[1])]
+    ids = np.array([r[0] for r in ranked], dtype=np.intp).reshape(len(ranked), k)
+    vals = np.array([r[1] for r in ranked], dtype=scores.dtype).reshape(len(ranked), k)
+    return ids, vals
+
+
+def check_cosine_topk(m, q, k):
+    got = rp.cosine_topk(m, q, k)
+    assert isinstance(got, tuple) and len(got) == 2
+    want_ids, want_vals = ref_cosine_topk(m, q, k)
+    ids = assert_same_kind(got[0], want_ids)
+    vals = assert_same_kind(got[1], want_vals)
+    assert_values(vals, want_vals, scale=1.0)
+    # Ids: NumPy's where scores are apart; within rounding of a tie either order is right.
+    scores = np.asarray(ref_cosine_similarity(m, q), np.float64)
+    scores = scores[:, None] if np.asarray(q).ndim == 1 else scores
+    tol = 1e-5 if vals.dtype == np.float32 else 1e-12
+    for j, (row_ids, row_want) in enumerate(zip(ids.reshape(-1, k), want_ids.reshape(-1, k))):
+        if not np.array_equal(row_ids, row_want):
+            np.testing.assert_allclose(scores[row_ids, j], scores[row_want, j], atol=tol)
+    # Exactly the composition of the two public kernels.
+    if np.asarray(q).ndim == 1:
+        comp = rp.topk(rp.cosine_similarity(m, q), k)
+        np.testing.assert_array_equal(ids, comp[0])
+        np.testing.assert_array_equal(vals, comp[1])
+    return ids, vals
+
+
+@pytest.mark.parametrize("dim", (1, 17, 256))
+@pytest.mark.parametrize("rows", (1, 7, 100))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cosine_topk_single_query(dtype, rows, dim):
+    m = make(dtype, (rows, dim), seed=rows)
+    q = make(dtype, (dim,), seed=dim)
+    for k in sorted({1, min(3, rows), rows}):
+        ids, vals = check_cosine_topk(m, q, k)
+        assert ids.shape == vals.shape == (k,)
+
+
+@pytest.mark.parametrize("queries", (0, 1, 5, 17, 33))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cosine_topk_query_batch(dtype, queries):
+    m = make(dtype, (120, 31), seed=4)
+    q = make(dtype, (queries, 31), seed=5)
+    ids, vals = check_cosine_topk(m, q, 10)
+    assert ids.shape == vals.shape == (queries, 10)
+    for j in range(queries):  # row j is query j's own answer
+        one = rp.cosine_topk(m, q[j], 10)
+        np.testing.assert_array_equal(ids[j], one[0])
+        assert_values(vals[j], one[1], scale=1.0)
+
+
+def test_cosine_topk_demo_shape_and_ties():
+    m = make("float32", (20_000, 256), seed=6)
+    q = make("float32", (4, 256), seed=7)
+    check_cosine_topk(m, q, 10)
+    check_cosine_topk(m, q[0], 10)
+    # A zero query scores every row 0: the first k rows, in index order.
+    ids, vals = rp.cosine_topk(m[:50], np.zeros(256, np.float32), 5)
+    assert ids.tolist() == [0, 1, 2, 3, 4] and not vals.any()
+
+
+@pytest.mark.parametrize("layout", ("transposed", "stepped", "fortran"))
+def test_cosine_topk_noncontiguous(layout):
+    m = layouts_2d("float64", (60, 24), seed=8)[layout]
+    check_cosine_topk(m, make("float64", (24,), seed=9), 6)
+    check_cosine_topk(m, make("float64", (3, 48), seed=9)[:, ::2], 6)
+
+
+def test_cosine_topk_bad_input():
+    m = np.ones((4, 8))
+    for k in (0, 5):
+        with pytest.raises(ValueError, match=r"cosine_topk: k must be between 1 and 4"):
+            rp.cosine_topk(m, np.ones(8), k)
+    with pytest.raises(TypeError, match="missing required argument 'k'"):
+        rp.cosine_topk(m, np.ones(8))
+    with pytest.raises(TypeError):
+        rp.cosine_topk(m, np.ones(8), 2.5)
+    with pytest.raises(ValueError, match=r"different vector lengths"):
+        rp.cosine_topk(m, np.ones(7), 2)
+    with pytest.raises(ValueError, match=r"2-D"):
+        rp.cosine_topk(np.ones(8), np.ones(8), 2)
+
+
 # topk(values, k)
 
 

@@ -37,7 +37,7 @@ def test_matrix_is_seeded_normalised_float32():
 
 
 @pytest.mark.parametrize(
-    "variant", ["raptors", "raptors-batch", "numpy-inline", "numpy-to-thread", "numpy-def"]
+    "variant", ["raptors", "raptors-single", "numpy-inline", "numpy-to-thread", "numpy-def"]
 )
 def test_every_variant_gives_the_same_correct_top10(variant, queries):
     m64 = SMALL.astype(np.float64)
@@ -54,9 +54,9 @@ def test_every_variant_gives_the_same_correct_top10(variant, queries):
         assert doc["ids"][0] == 42 and doc["scores"][0] == pytest.approx(1.0, abs=1e-5)
 
 
-def test_batch_variant_coalesces_waiting_requests(queries):
+def test_raptors_variant_coalesces_waiting_requests(queries):
     m64 = SMALL.astype(np.float64)
-    app = service.create_app("raptors-batch", matrix=SMALL, tenant_threads=1, tenant_queue=8)
+    app = service.create_app("raptors", matrix=SMALL, tenant_threads=1, tenant_queue=8)
     with TestClient(app) as c:
         pool = app.state.raptors.tenants.get("default")
         gate = threading.Event()
@@ -97,9 +97,9 @@ def test_answer_check_catches_wrong_answers(queries):
     assert bench.answer_problem(m64, q, ids, [s + 0.01 for s in scores]) is not None
 
 
-@pytest.fixture()
-def client():
-    app = service.create_app("raptors", matrix=SMALL, tenant_threads=1, tenant_queue=2)
+@pytest.fixture(params=["raptors", "raptors-single"])
+def client(request):
+    app = service.create_app(request.param, matrix=SMALL, tenant_threads=1, tenant_queue=2)
     with TestClient(app) as c:
         yield c
 
@@ -151,8 +151,9 @@ def test_priority_header_and_query_param():
     assert service.parse_priority(R({}, {"priority": "-3"})) == -3
 
 
-def test_priorities_order_queued_requests(queries):
-    app = service.create_app("raptors", matrix=SMALL, tenant_threads=1, tenant_queue=8)
+@pytest.mark.parametrize("variant", ["raptors", "raptors-single"])
+def test_priorities_order_queued_requests(variant, queries):
+    app = service.create_app(variant, matrix=SMALL, tenant_threads=1, tenant_queue=8)
     with TestClient(app) as c:
         pool = app.state.raptors.tenants.get("prio")
         gate = threading.Event()

@@ -36,6 +36,7 @@ fn signature(op: Op) -> Signature {
         Clip => (&["a", "lo", "hi"], false, false),
         CosineSimilarity => (&["matrix", "query"], false, false),
         Topk => (&["values"], false, true),
+        CosineTopk => (&["matrix", "query"], false, true),
     };
     Signature { operands, axis, k }
 }

@@ -142,7 +142,7 @@ pub enum Value {
     /// A 0-d result (NumPy returns a scalar of the result dtype).
     Scalar(Scalar),
     Array(Array),
-    /// `topk`: (indices int64, values of the input dtype).
+    /// `topk`, `cosine_topk`: (indices int64, values).
     Pair(Array, Array),
 }
 

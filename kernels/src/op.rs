@@ -28,10 +28,11 @@ pub enum Op {
     Clip,
     CosineSimilarity,
     Topk,
+    CosineTopk,
 }
 
 impl Op {
-    pub const ALL: [Op; 17] = [
+    pub const ALL: [Op; 18] = [
         Op::Dot,
         Op::Matmul,
         Op::Sum,
@@ -49,6 +50,7 @@ impl Op {
         Op::Clip,
         Op::CosineSimilarity,
         Op::Topk,
+        Op::CosineTopk,
     ];
 
     /// The Python-facing name (`"dot"`, `"cosine_similarity"`, ...).
@@ -71,6 +73,7 @@ impl Op {
             Op::Clip => "clip",
             Op::CosineSimilarity => "cosine_similarity",
             Op::Topk => "topk",
+            Op::CosineTopk => "cosine_topk",
         }
     }
 
@@ -94,6 +97,11 @@ impl Op {
         }
     }
 
+    /// True for the selections that take `k`.
+    pub fn takes_k(self) -> bool {
+        matches!(self, Op::Topk | Op::CosineTopk)
+    }
+
     /// True for the reductions that take `axis`.
     pub fn takes_axis(self) -> bool {
         matches!(
@@ -104,7 +112,7 @@ impl Op {
 }
 
 /// Optional parameters: `axis` for the reductions (negative counts from the
-/// end, as in NumPy), `k` for `topk`.
+/// end, as in NumPy), `k` for `topk` and `cosine_topk`.
 #[derive(Clone, Copy, Default, Debug)]
 pub struct Params {
     pub axis: Option<isize>,
@@ -128,7 +136,7 @@ pub fn check(op: Op, operands: &[Operand<'_>], params: &Params) -> Result<(), Ke
             op.name()
         )));
     }
-    if params.k.is_some() && op != Op::Topk {
+    if params.k.is_some() && !op.takes_k() {
         return Err(KernelError::Type(format!(
             "{}() does not take k",
             op.name()
@@ -150,6 +158,7 @@ pub fn check(op: Op, operands: &[Operand<'_>], params: &Params) -> Result<(), Ke
         }
         Op::CosineSimilarity => ops::cosine::check(&operands[0], &operands[1]),
         Op::Topk => ops::topk::check(&operands[0], params.k).map(|_| ()),
+        Op::CosineTopk => ops::cosine_topk::check(&operands[0], &operands[1], params.k).map(|_| ()),
     }
 }
 
@@ -178,6 +187,7 @@ pub fn run(
         Op::Clip => ops::elementwise::clip(operands, exec),
         Op::CosineSimilarity => ops::cosine::cosine_similarity(&operands[0], &operands[1], exec),
         Op::Topk => ops::topk::topk(&operands[0], params.k, exec),
+        Op::CosineTopk => ops::cosine_topk::cosine_topk(&operands[0], &operands[1], params.k, exec),
     }
 }
 

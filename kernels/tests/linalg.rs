@@ -486,3 +486,56 @@ fn cosine_similarity_query_batches() {
         );
     }
 }
+
+#[test]
+fn cosine_topk_is_topk_of_each_querys_scores() {
+    let (rows, d) = (37usize, 9usize);
+    for dt in DTYPES {
+        let m = Case::new(dt, &values(rows * d, 5, true), &[rows, d], Layout::C);
+        let q = Case::new(dt, &values(4 * d, 6, true), &[4, d], Layout::C);
+        let k = 5;
+        let params = Params {
+            axis: None,
+            k: Some(k),
+        };
+        let Value::Pair(ids, vals) =
+            run(Op::CosineTopk, &[m.op(), q.op()], &params, &Serial).unwrap()
+        else {
+            panic!("cosine_topk returns (indices, values)")
+        };
+        assert_eq!(
+            (ids.shape.clone(), vals.shape.clone()),
+            (vec![4, k], vec![4, k])
+        );
+        let scores = run(
+            Op::CosineSimilarity,
+            &[m.op(), q.op()],
+            &Params::default(),
+            &Serial,
+        )
+        .unwrap();
+        let scores = buffer_f64(&scores.as_array().unwrap().data);
+        let (ids, vals) = (buffer_f64(&ids.data), buffer_f64(&vals.data));
+        for j in 0..4 {
+            let column: Vec<f64> = (0..rows).map(|r| scores[r * 4 + j]).collect();
+            let want = topk_ref(&column, k);
+            let got: Vec<usize> = ids[j * k..(j + 1) * k]
+                .iter()
+                .map(|&x| x as usize)
+                .collect();
+            assert_eq!(got, want, "{dt:?} query {j}");
+            let want_vals: Vec<f64> = want.iter().map(|&r| column[r]).collect();
+            assert_eq!(&vals[j * k..(j + 1) * k], &want_vals[..]);
+        }
+        for bad_k in [0, rows + 1] {
+            let params = Params {
+                axis: None,
+                k: Some(bad_k),
+            };
+            assert!(matches!(
+                run(Op::CosineTopk, &[m.op(), q.op()], &params, &Serial),
+                Err(KernelError::Value(_))
+            ));
+        }
+    }
+}

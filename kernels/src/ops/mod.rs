@@ -2,6 +2,7 @@
 //! and monomorphised through `with_dtype!`.
 
 pub(crate) mod cosine;
+pub(crate) mod cosine_topk;
 pub(crate) mod dot;
 pub(crate) mod elementwise;
 pub(crate) mod operand;

@@ -94,15 +94,13 @@ fn heap_select<T: Element>(x: &[T], k: usize) -> Vec<(T, usize)> {
     heap.into_iter().map(|r| (r.0, r.1)).collect()
 }
 
-fn topk_typed<T: Element>(m: Mat<'_, T>, k: usize, exec: &dyn Exec) -> Result<Value, KernelError> {
-    let x = m.row(0).contiguous();
+/// The best `k` of `x` (`1 <= k <= x.len()`), in rank order: their indices
+/// and values.
+pub(crate) fn best<T: Element>(x: &[T], k: usize) -> (Vec<i64>, Vec<T>) {
     let n = x.len();
-    if exec.is_cancelled() {
-        return Err(KernelError::Cancelled);
-    }
     // A bounded heap wins while k is small against n; beyond, selection.
     let mut items: Vec<(T, usize)> = if k * 32 <= n {
-        heap_select(&x, k)
+        heap_select(x, k)
     } else {
         let mut all: Vec<(T, usize)> = x.iter().copied().zip(0..n).collect();
         if k < n {
@@ -112,8 +110,15 @@ fn topk_typed<T: Element>(m: Mat<'_, T>, k: usize, exec: &dyn Exec) -> Result<Va
         all
     };
     items.sort_unstable_by(|a, b| rank(*a, *b));
-    let idx: Vec<i64> = items.iter().map(|p| p.1 as i64).collect();
-    let vals: Vec<T> = items.iter().map(|p| p.0).collect();
+    items.into_iter().map(|(v, i)| (i as i64, v)).unzip()
+}
+
+fn topk_typed<T: Element>(m: Mat<'_, T>, k: usize, exec: &dyn Exec) -> Result<Value, KernelError> {
+    let x = m.row(0).contiguous();
+    if exec.is_cancelled() {
+        return Err(KernelError::Cancelled);
+    }
+    let (idx, vals) = best(&x, k);
     Ok(Value::Pair(
         Array::from_vec(idx, &[k])?,
         Array::from_vec(vals, &[k])?,
