@@ -17,6 +17,13 @@ arriving while the slots are busy wait and leave together, up to
 matrix-vector products into one matrix-matrix product that reads the matrix
 once.
 
+``max_total_inflight`` caps the batch jobs in flight over every pool (a CPU
+budget shared by, e.g., per-tenant pools). When a slot frees, the pool
+served least recently among those with waiting items goes next (its
+highest-priority items first): a flooding tenant gets bigger batches, not
+more of the CPU, and a quiet tenant waits for at most one batch per other
+busy tenant.
+
 Waiting items are bounded like the pool's queue: at most ``max_pending``
 per pool (default: the pool's ``queue_capacity``); beyond, ``submit``'s
 future fails at once with ``rp.QueueFull``. An item's ``timeout`` is its
@@ -31,6 +38,8 @@ Invariants:
 * an item cancelled (its awaiting task cancelled, e.g. the client went away)
   before its batch was submitted is dropped from the batch and costs nothing;
 * ``pending`` counts items waiting for a batch, per pool, exactly;
+* ``inflight`` counts submitted batch jobs not yet finished, exactly, and
+  never exceeds ``max_total_inflight``;
 * all state is touched only on the event loop thread (done callbacks are
   delivered there by ``rp.Job``), so no lock is needed.
 """
@@ -64,6 +73,9 @@ class _Item:
 class _Lane:
     """Items waiting for one (pool, priority, timeout), and batch jobs in flight."""
 
+    pool: rp.Pool
+    priority: int
+    timeout: float | None
     pending: deque[_Item] = dataclasses.field(default_factory=deque)
     inflight: int = 0
 
@@ -83,21 +95,30 @@ class Batcher:
         scatter: Callable[[Any], Sequence[Any]] | None = None,
         max_batch: int = 32,
         max_inflight: int | None = None,
+        max_total_inflight: int | None = None,
         max_pending: int | None = None,
     ) -> None:
-        for name, value in (("max_inflight", max_inflight), ("max_pending", max_pending)):
+        limits = (
+            ("max_batch", max_batch),
+            ("max_inflight", max_inflight),
+            ("max_total_inflight", max_total_inflight),
+            ("max_pending", max_pending),
+        )
+        for name, value in limits:
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if max_batch < 1:
-            raise ValueError("max_batch must be >= 1")
         self.fn = fn
         self.gather = gather if gather is not None else _as_one_argument
         self.scatter = scatter
         self.max_batch = max_batch
         self.max_inflight = max_inflight
+        self.max_total_inflight = max_total_inflight
         self.max_pending = max_pending
         self._lanes: dict[_Key, _Lane] = {}
         self._pending: dict[int, int] = {}
+        self._served: dict[int, int] = {}  # pool id -> dispatch tick it was last served
+        self._tick = 0
+        self.inflight = 0
         self.batches = 0
         self.items = 0
         self.rejected = 0
@@ -107,6 +128,18 @@ class Batcher:
     def pending(self) -> int:
         """Items waiting for a batch, over every pool."""
         return sum(self._pending.values())
+
+    def stats(self) -> dict[str, int]:
+        """Counters for monitoring: batches and items submitted, items waiting,
+        batch jobs in flight, items refused (queue full) and expired."""
+        return {
+            "batches": self.batches,
+            "items": self.items,
+            "pending": self.pending,
+            "inflight": self.inflight,
+            "rejected": self.rejected,
+            "expired": self.expired,
+        }
 
     def submit(
         self, pool: rp.Pool, item: Any, *, priority: int = 0, timeout: float | None = None
@@ -121,49 +154,69 @@ class Batcher:
         key = (id(pool), priority, timeout)
         lane = self._lanes.get(key)
         if lane is None:
-            lane = self._lanes[key] = _Lane()
-        limit = self.max_inflight or pool.threads
-        if lane.inflight >= limit:
+            lane = self._lanes[key] = _Lane(pool, priority, timeout)
+        runnable = self._has_slot(lane) and not lane.pending
+        if not runnable:
             capacity = self.max_pending or pool.queue_capacity
             if self._pending.get(id(pool), 0) >= capacity:
                 self.rejected += 1
                 fut.set_exception(_queue_full(pool, capacity))
+                self._forget_if_idle(key, lane)
                 return fut
         deadline = None if timeout is None else time.monotonic() + timeout
         entry = _Item(item, fut, deadline)
         lane.pending.append(entry)
         self._pending[id(pool)] = self._pending.get(id(pool), 0) + 1
-        if lane.inflight < limit:
-            self._flush(pool, key, lane, priority)
+        if runnable:
+            self._flush(key, lane)
         elif timeout is not None:
-            entry.timer = loop.call_later(timeout, self._expire, pool, entry, timeout)
+            entry.timer = loop.call_later(timeout, self._expire, key, lane, entry)
         return fut
 
-    def _expire(self, pool: rp.Pool, entry: _Item, timeout: float) -> None:
-        """An item's start deadline passed while it waited for a batch."""
+    def _has_slot(self, lane: _Lane) -> bool:
+        total = self.max_total_inflight
+        return lane.inflight < (self.max_inflight or lane.pool.threads) and (
+            total is None or self.inflight < total
+        )
+
+    def _expire(self, key: _Key, lane: _Lane, entry: _Item) -> None:
+        """An item's start deadline passed while it waited for a batch: it
+        leaves the lane (freeing its place) with ``DeadlineExceeded``."""
+        lane.pending.remove(entry)
+        pool_id = id(lane.pool)
+        self._pending[pool_id] -= 1
+        if not self._pending[pool_id]:
+            del self._pending[pool_id]
+        self._forget_if_idle(key, lane)
         if not entry.future.done():
             self.expired += 1
             entry.future.set_exception(
-                rp.DeadlineExceeded(f"waited {timeout:g} s for a batch slot on pool '{pool.name}'")
+                rp.DeadlineExceeded(
+                    f"waited {lane.timeout:g} s for a batch slot on pool '{lane.pool.name}'"
+                )
             )
 
-    def _take(self, pool: rp.Pool, lane: _Lane) -> list[_Item]:
+    def _take(self, lane: _Lane) -> list[_Item]:
         """Up to ``max_batch`` live waiting items, oldest first."""
+        pool_id = id(lane.pool)
         batch: list[_Item] = []
         pending = lane.pending
         while pending and len(batch) < self.max_batch:
             entry = pending.popleft()
-            self._pending[id(pool)] -= 1
+            self._pending[pool_id] -= 1
             if entry.timer is not None:
                 entry.timer.cancel()
             if not entry.future.done():  # cancelled or expired while waiting: drop it
                 batch.append(entry)
-        if not self._pending[id(pool)]:
-            del self._pending[id(pool)]
+        if not self._pending[pool_id]:
+            del self._pending[pool_id]
         return batch
 
-    def _flush(self, pool: rp.Pool, key: _Key, lane: _Lane, priority: int) -> None:
-        batch = self._take(pool, lane)
+    def _flush(self, key: _Key, lane: _Lane) -> None:
+        pool = lane.pool
+        self._tick += 1
+        self._served[id(pool)] = self._tick
+        batch = self._take(lane)
         if not batch:
             self._forget_if_idle(key, lane)
             return
@@ -171,7 +224,7 @@ class Batcher:
         timeout = max(min(deadlines) - time.monotonic(), 0.0) if deadlines else None
         try:
             args = self.gather([e.value for e in batch])
-            job = pool.submit(self.fn, *args, priority=priority, timeout=timeout)
+            job = pool.submit(self.fn, *args, priority=lane.priority, timeout=timeout)
         except Exception as exc:  # noqa: BLE001 - QueueFull, PoolClosed, gather's error: to every waiter
             for e in batch:
                 if not e.future.done():
@@ -179,6 +232,7 @@ class Batcher:
             self._forget_if_idle(key, lane)
             return
         lane.inflight += 1
+        self.inflight += 1
         self.batches += 1
         self.items += len(batch)
         loop = asyncio.get_running_loop()
@@ -188,16 +242,15 @@ class Batcher:
             # rp.Job delivers callbacks on the submitting thread's running
             # loop; any other thread hands over to it.
             if threading.get_ident() == loop_thread:
-                self._finished(pool, key, lane, priority, job, batch)
+                self._finished(key, lane, job, batch)
             else:
-                loop.call_soon_threadsafe(self._finished, pool, key, lane, priority, job, batch)
+                loop.call_soon_threadsafe(self._finished, key, lane, job, batch)
 
         job.add_done_callback(finished)
 
-    def _finished(
-        self, pool: rp.Pool, key: _Key, lane: _Lane, priority: int, job: Any, batch: list[_Item]
-    ) -> None:
+    def _finished(self, key: _Key, lane: _Lane, job: Any, batch: list[_Item]) -> None:
         lane.inflight -= 1
+        self.inflight -= 1
         try:
             results = job.result()
             if self.scatter is not None:
@@ -214,13 +267,30 @@ class Batcher:
             for e, result in zip(batch, results, strict=True):
                 if not e.future.done():
                     e.future.set_result(result)
-        while lane.pending and lane.inflight < (self.max_inflight or pool.threads):
-            self._flush(pool, key, lane, priority)
         self._forget_if_idle(key, lane)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Fills free slots: the least recently served pool with waiting items
+        first, and within it the highest priority."""
+        while True:
+            best: tuple[int, int] | None = None
+            chosen: tuple[_Key, _Lane] | None = None
+            for key, lane in self._lanes.items():
+                if not lane.pending or not self._has_slot(lane):
+                    continue
+                rank = (self._served.get(id(lane.pool), 0), -lane.priority)
+                if best is None or rank < best:
+                    best, chosen = rank, (key, lane)
+            if chosen is None:
+                return
+            self._flush(*chosen)
 
     def _forget_if_idle(self, key: _Key, lane: _Lane) -> None:
         if not lane.pending and lane.inflight == 0:
             self._lanes.pop(key, None)
+            if not any(id(other.pool) == id(lane.pool) for other in self._lanes.values()):
+                self._served.pop(id(lane.pool), None)
 
 
 def _queue_full(pool: rp.Pool, capacity: int) -> rp.QueueFull:

@@ -387,6 +387,7 @@ class Raptors:
         self.metrics_path = metrics_path
         self.stats_path = stats_path
         self._pools: dict[str, rp.Pool] = {}
+        self.batchers: dict[str, Batcher] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(RaptorsCollector(self))
 
@@ -450,6 +451,13 @@ class Raptors:
         if self.tenants is None:
             raise RuntimeError("Raptors(tenants=...) was not configured")
         return self.tenants.get(self.tenants.tenant_of(request))
+
+    def batcher(self, name: str, batcher: Batcher) -> Batcher:
+        """Registers ``batcher`` under ``name`` for /stats and /metrics; returns it."""
+        if name in self.batchers:
+            raise ValueError(f"a batcher named {name!r} is already registered")
+        self.batchers[name] = batcher
+        return batcher
 
     def all_pools(self) -> dict[str, rp.Pool]:
         """Every pool this app owns, by pool name."""
@@ -565,6 +573,8 @@ class Raptors:
         out: dict[str, Any] = {"pools": pools}
         if self.tenants is not None:
             out["tenants"] = self.tenants.snapshot()
+        if self.batchers:
+            out["batchers"] = {name: b.stats() for name, b in self.batchers.items()}
         return out
 
     async def stats_response(self) -> JSONResponse:
@@ -594,6 +604,16 @@ _COUNTERS = (
     ("rejected", "Submits refused with QueueFull."),
 )
 _QUANTILES = (("wait", "Seconds from submit to start"), ("run", "Seconds from start to end"))
+_BATCHER_GAUGES = (
+    ("pending", "Items waiting for a batch now."),
+    ("inflight", "Batch jobs submitted and not finished."),
+)
+_BATCHER_COUNTERS = (
+    ("batches", "Batch jobs submitted."),
+    ("items", "Items submitted in batches."),
+    ("rejected", "Items refused with QueueFull while waiting items were at the bound."),
+    ("expired", "Items whose start deadline passed while waiting for a batch."),
+)
 
 
 class RaptorsCollector:
@@ -637,3 +657,17 @@ class RaptorsCollector:
                 g.add_metric([*values, "0.5"], float(getattr(st, f"{kind}_p50")))
                 g.add_metric([*values, "0.99"], float(getattr(st, f"{kind}_p99")))
             yield g
+        batchers = sorted(self.owner.batchers.items())
+        if not batchers:
+            return
+        snapshots = [(name, b.stats()) for name, b in batchers]
+        for field, doc in _BATCHER_GAUGES:
+            g = GaugeMetricFamily(f"raptors_batcher_{field}", doc, labels=["batcher"])
+            for name, st in snapshots:
+                g.add_metric([name], float(st[field]))
+            yield g
+        for field, doc in _BATCHER_COUNTERS:
+            c = CounterMetricFamily(f"raptors_batcher_{field}", doc, labels=["batcher"])
+            for name, st in snapshots:
+                c.add_metric([name], float(st[field]))
+            yield c

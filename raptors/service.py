@@ -44,6 +44,12 @@ MAX_BODY = 64 * 1024
 _NUMBER_TYPES = frozenset((float, int))
 
 
+def default_tenant_threads() -> int:
+    """Cores minus one for the event loop (parsing, routing, encoding every
+    request), at least one."""
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
 def make_matrix(rows: int = ROWS, dim: int = DIM, seed: int = SEED) -> np.ndarray:
     """The embedded corpus: seeded Gaussian rows, L2-normalised, float32, C-contiguous."""
     rng = np.random.default_rng(seed)
@@ -137,8 +143,12 @@ def topk_numpy(matrix: np.ndarray, q: np.ndarray, k: int = K) -> tuple[np.ndarra
     return idx[order], top[order]
 
 
-def make_raptors_batcher(matrix: np.ndarray, k: int = K, max_batch: int = 32) -> Any:
-    """Coalesced scoring: one native ``rp.cosine_topk`` job per batch of queries."""
+def make_raptors_batcher(
+    matrix: np.ndarray, k: int = K, *, max_batch: int = 32, threads: int | None = None
+) -> Any:
+    """Coalesced scoring: one native ``rp.cosine_topk`` job per batch of queries,
+    at most ``threads`` batch jobs at once over every tenant (tenants share
+    that budget fairly)."""
     from raptors.fastapi import Batcher
 
     def gather(queries: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
@@ -148,7 +158,13 @@ def make_raptors_batcher(matrix: np.ndarray, k: int = K, max_batch: int = 32) ->
         ids, scores = result
         return list(zip(ids, scores, strict=True))
 
-    return Batcher(rp.cosine_topk, gather=gather, scatter=scatter, max_batch=max_batch)
+    return Batcher(
+        rp.cosine_topk,
+        gather=gather,
+        scatter=scatter,
+        max_batch=max_batch,
+        max_total_inflight=threads,
+    )
 
 
 def encode_answer(ids: Any, scores: Any) -> bytes:
@@ -169,7 +185,8 @@ def create_app(
     default_timeout: float | None = None,
 ) -> Any:
     """Build the demo FastAPI app. Defaults come from ``RAPTORS_VARIANT``,
-    ``RAPTORS_TENANT_THREADS`` (default: the number of cores) and
+    ``RAPTORS_TENANT_THREADS`` (default: one less than the cores, at least 1:
+    the event loop keeps a core, see docs/capacity-planning.md) and
     ``RAPTORS_TENANT_QUEUE`` (default 64)."""
     from fastapi import Depends, FastAPI, Request
     from fastapi.responses import JSONResponse, Response
@@ -181,7 +198,7 @@ def create_app(
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, not {variant!r}")
     if tenant_threads is None:
         env = os.environ.get("RAPTORS_TENANT_THREADS")
-        tenant_threads = int(env) if env else (os.cpu_count() or 1)
+        tenant_threads = int(env) if env else default_tenant_threads()
     if tenant_queue is None:
         tenant_queue = int(os.environ.get("RAPTORS_TENANT_QUEUE", "64"))
     m = make_matrix() if matrix is None else np.ascontiguousarray(matrix, dtype=np.float32)
@@ -224,7 +241,7 @@ def create_app(
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     if variant == "raptors":
-        batcher = make_raptors_batcher(m)
+        batcher = rx.batcher("score", make_raptors_batcher(m, threads=tenant_threads))
         app.state.batcher = batcher
 
         @app.post("/score")

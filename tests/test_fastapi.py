@@ -540,3 +540,35 @@ async def test_batcher_hands_closed_pools_and_gather_errors_to_the_caller():
         await Batcher(lambda items: items).submit(pool, 0)
     assert info.value.pool == pool.name
     assert pool.stats().submitted == 0
+
+
+async def test_batcher_shares_a_slot_budget_fairly_between_pools():
+    noisy = rp.Pool(uniq("noisy"), threads=1, queue=16)
+    quiet = rp.Pool(uniq("quiet"), threads=1, queue=16)
+    gate = threading.Event()
+    order: list[list[str]] = []
+
+    def run(items):
+        gate.wait(HANG)
+        order.append(list(items))
+        return items
+
+    batcher = Batcher(run, max_batch=2, max_total_inflight=1)
+    try:
+        futs = [batcher.submit(noisy, "n0")]  # takes the one shared slot
+        futs += [batcher.submit(noisy, f"n{i}") for i in range(1, 7)]
+        futs.append(batcher.submit(quiet, "q0"))
+        futs.append(batcher.submit(noisy, "high", priority=5))
+        assert (batcher.inflight, batcher.pending) == (1, 8)
+        assert noisy.stats().submitted == 1 and quiet.stats().submitted == 0
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*futs), HANG)
+        # The quiet pool goes next although it asked last; then the noisy
+        # pool's highest priority; the flood leaves in batches.
+        assert order == [["n0"], ["q0"], ["high"], ["n1", "n2"], ["n3", "n4"], ["n5", "n6"]]
+        assert batcher.stats() == {
+            "batches": 6, "items": 9, "pending": 0, "inflight": 0, "rejected": 0, "expired": 0,
+        }  # fmt: skip
+    finally:
+        noisy.close()
+        quiet.close()
