@@ -156,6 +156,27 @@ fn main() {
                             run(op, &[vm, vm], &p, e).unwrap()
                         })
                     }
+                    Op::CosineTopk => {
+                        // The demo service's call: 20000 x 256 against a batch.
+                        if !dt.is_float() || n != 1_000_000 {
+                            continue;
+                        }
+                        let (rows, d) = (20_000, 256);
+                        let m = array(dt, rows * d, &[rows, d]);
+                        let vm = Operand::Array(m.view());
+                        let params = Params {
+                            axis: None,
+                            k: Some(10),
+                        };
+                        for nq in [1usize, 8] {
+                            let q = array(dt, nq * d, &[nq, d]);
+                            let vq = Operand::Array(q.view());
+                            let size = format!("{rows}x{d} q={nq} k=10");
+                            bench(&pool, row(rows * d * item, size), &|e| {
+                                run(op, &[vm, vq], &params, e).unwrap()
+                            });
+                        }
+                    }
                     Op::CosineSimilarity => {
                         let d = 256;
                         let rows = (n / d).max(1);
