@@ -76,10 +76,19 @@ fn row_norms<T: Float>(m: Mat<'_, T>) -> Vec<T> {
         .collect()
 }
 
-/// Largest query batch scored by the row-streaming kernel; larger batches
-/// go through the packed GEMM, whose packing cost is then amortised.
-/// Measured on 20000 x 256 float32 (see `examples/bench.rs`).
-const STREAM_MAX_QUERIES: usize = 16;
+/// Largest query batch scored by the row-streaming kernel, per element
+/// size; larger batches go through the packed GEMM, whose packing of the
+/// whole matrix is then amortised. Measured on 20000 x 256, one thread
+/// (`examples/cosine_bench.rs`): the GEMM takes ~5.3 ms (f32) and ~6 ms
+/// (f64) almost regardless of the batch, streaming ~0.15 ms (f32) and
+/// ~0.3 ms (f64) per query.
+const fn stream_max_queries(item_bytes: usize) -> usize {
+    if item_bytes <= 4 {
+        32
+    } else {
+        16
+    }
+}
 
 /// Scores every row against the `nq` contiguous queries in `q` (norms `qn`)
 /// with the row-streaming kernel, in chunks of whole rows.
@@ -106,14 +115,7 @@ fn stream<T: Float>(
                 .map(|r| m.row(r).as_slice().expect("unit stride"))
                 .collect();
             let mut sumsq = vec![T::ZERO; chunk.len()];
-            if nq == 1 {
-                // One query: the wide per-row loop streams faster than tiles.
-                for ((o, sq), row) in piece.iter_mut().zip(&mut sumsq).zip(&chunk) {
-                    (*o, *sq) = loops::dot_sumsq(row, q);
-                }
-            } else {
-                loops::rows_dots_sumsq(&chunk, q, d, piece, &mut sumsq);
-            }
+            loops::rows_dots_sumsq(&chunk, q, d, piece, &mut sumsq);
             for (orow, sq) in piece.chunks_mut(nq).zip(sumsq) {
                 let rn = sq.sqrt();
                 for (o, &qn) in orow.iter_mut().zip(qn) {
@@ -143,7 +145,7 @@ fn cosine<T: Float>(m: Mat<'_, T>, q: Mat<'_, T>, exec: &dyn Exec) -> Result<Val
     let qv = q.to_contiguous::<T>();
     let q = Mat::from_contiguous(&qv, 2, nq, d);
     let qn = row_norms(q);
-    if nq <= STREAM_MAX_QUERIES {
+    if nq <= stream_max_queries(std::mem::size_of::<T>()) {
         return Ok(Value::from_vec(stream(m, &qv, &qn, exec)?, vec![rows, nq]));
     }
     let rn = row_norms(m);
