@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 
 
@@ -20,6 +21,11 @@ def _serve(args: argparse.Namespace) -> int:
         tenant_queue=args.tenant_queue,
         default_timeout=args.timeout,
     )
+    # Everything imported and built so far lives as long as the process: move
+    # it out of the collector's sight, or every full collection rescans it
+    # (~40 ms pauses of the event loop measured, vs ~4 ms frozen).
+    gc.collect()
+    gc.freeze()
     uvicorn.run(
         app,
         host=args.host,
