@@ -84,13 +84,14 @@ class PoolConfig:
     name: str
     threads: int | None = None
     queue: int = 1024
+    nice: int | None = None
 
     @classmethod
     def coerce(cls, value: PoolConfig | Mapping[str, Any]) -> PoolConfig:
         if isinstance(value, cls):
             return value
         if isinstance(value, Mapping):
-            unknown = set(value) - {"name", "threads", "queue"}
+            unknown = set(value) - {"name", "threads", "queue", "nice"}
             if unknown:
                 raise ValueError(f"pool config: unknown keys {sorted(unknown)}")
             return cls(**value)
@@ -109,6 +110,7 @@ class TenantTemplate:
 
     threads: int | None = 1
     queue: int = 64
+    nice: int | None = None
     max_tenants: int = 64
     idle_timeout: float = 300.0
     overflow: str = "reject"
@@ -213,6 +215,7 @@ class TenantPools:
                 self.template.prefix + tenant,
                 threads=self.template.threads,
                 queue=self.template.queue,
+                nice=self.template.nice,
             )
             self._tenants[tenant] = _Tenant(pool, now)
             self.created += 1
@@ -227,6 +230,7 @@ class TenantPools:
                 self.template.prefix + "overflow",
                 threads=self.template.threads,
                 queue=self.template.queue,
+                nice=self.template.nice,
             )
         self._overflow_tenants.add(tenant)
         return self._overflow
@@ -399,7 +403,9 @@ class Raptors:
             self.tenants = TenantPools(self.tenants.template)
         try:
             for cfg in self.configs:
-                self._pools[cfg.name] = rp.Pool(cfg.name, threads=cfg.threads, queue=cfg.queue)
+                self._pools[cfg.name] = rp.Pool(
+                    cfg.name, threads=cfg.threads, queue=cfg.queue, nice=cfg.nice
+                )
         except BaseException:
             self.close(wait=False)
             raise

@@ -180,6 +180,7 @@ def create_app(
     matrix: np.ndarray | None = None,
     tenant_threads: int | None = None,
     tenant_queue: int | None = None,
+    tenant_nice: int | None = None,
     max_tenants: int = 32,
     idle_timeout: float = 300.0,
     default_timeout: float | None = None,
@@ -187,7 +188,8 @@ def create_app(
     """Build the demo FastAPI app. Defaults come from ``RAPTORS_VARIANT``,
     ``RAPTORS_TENANT_THREADS`` (default: one less than the cores, at least 1:
     the event loop keeps a core, see docs/capacity-planning.md) and
-    ``RAPTORS_TENANT_QUEUE`` (default 64)."""
+    ``RAPTORS_TENANT_QUEUE`` (default 64) and ``RAPTORS_TENANT_NICE`` (default:
+    the pool default, 5)."""
     from fastapi import Depends, FastAPI, Request
     from fastapi.responses import JSONResponse, Response
 
@@ -201,6 +203,8 @@ def create_app(
         tenant_threads = int(env) if env else default_tenant_threads()
     if tenant_queue is None:
         tenant_queue = int(os.environ.get("RAPTORS_TENANT_QUEUE", "64"))
+    if tenant_nice is None and os.environ.get("RAPTORS_TENANT_NICE"):
+        tenant_nice = int(os.environ["RAPTORS_TENANT_NICE"])
     m = make_matrix() if matrix is None else np.ascontiguousarray(matrix, dtype=np.float32)
     dim = m.shape[1]
 
@@ -208,6 +212,7 @@ def create_app(
         tenants=TenantTemplate(
             threads=tenant_threads,
             queue=tenant_queue,
+            nice=tenant_nice,
             max_tenants=max_tenants,
             idle_timeout=idle_timeout,
             overflow="shared",

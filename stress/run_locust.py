@@ -7,7 +7,10 @@ defaults: cores - 1 threads per tenant pool, shared fairly by the tenants
 through the coalescing Batcher), then runs locust twice against it for ``--seconds`` each:
 
 1. the quiet tenant alone, to get its baseline latency;
-2. the quiet tenant with the noisy tenant at ``--noisy-factor`` times its load.
+2. the quiet tenant with the noisy tenant at ``--noisy-factor`` times its load;
+3. with ``--control``, the same load with the noisy tenant sent to a second
+   server process: the quiet tenant then shares only the machine's cores
+   with it, which separates the server's isolation from CPU contention.
 
 Each tenant's users run in their own locust process, as separate clients
 would: the quiet tenant's latency then reflects the server, not the noisy
@@ -69,7 +72,7 @@ def wait_ready(proc: subprocess.Popen, port: int, timeout: float = 60.0) -> None
 
 
 def run_phase(
-    name: str, port: int, users: list[str], seconds: float, env: dict, out: Path
+    name: str, ports: dict[str, int], seconds: float, env: dict, out: Path
 ) -> dict[str, dict]:
     """Runs one locust process per tenant, side by side: a tenant's client is
     its own process (as separate clients would be), so the noisy tenant's
@@ -77,7 +80,7 @@ def run_phase(
     loop; what the quiet tenant sees is the server."""
     counts = {
         u: int(env["RAPTORS_QUIET_USERS"]) * (int(env["RAPTORS_NOISY_FACTOR"]) if u == "NoisyTenant" else 1)
-        for u in users
+        for u in ports
     }  # fmt: skip
     desc = ", ".join(f"{u} ({n} users)" for u, n in counts.items())
     print(f"phase {name}: {desc}, one locust process each, for {seconds:g} s ...", flush=True)
@@ -86,7 +89,7 @@ def run_phase(
         prefix = out / f"{name}-{user}"
         cmd = [
             sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
-            "--host", f"http://127.0.0.1:{port}", "-u", str(n), "-r", str(n),
+            "--host", f"http://127.0.0.1:{ports[user]}", "-u", str(n), "-r", str(n),
             "-t", f"{seconds:g}s", "--stop-timeout", "3", "--csv", str(prefix),
             "--only-summary", "--loglevel", "WARNING", user,
         ]  # fmt: skip
@@ -138,6 +141,9 @@ def main() -> int:
     p.add_argument("--tenant-threads", type=int, default=None,
                    help="threads per tenant pool (default: the demo's, cores - 1)")  # fmt: skip
     p.add_argument("--client-timeout", type=float, default=2.0)
+    p.add_argument("--control", action="store_true",
+                   help="add a third phase: the noisy tenant on a second server process, so "
+                        "the quiet tenant shares only the machine with it")  # fmt: skip
     args = p.parse_args()
     if not 1 <= args.seconds <= 600:
         p.error("--seconds must be within 1..600")
@@ -150,39 +156,66 @@ def main() -> int:
         RAPTORS_USER_RPS=str(args.user_rps),
         RAPTORS_CLIENT_TIMEOUT=str(args.client_timeout),
     )
-    serve = [sys.executable, "-m", "raptors", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    if args.tenant_threads is not None:
-        serve += ["--tenant-threads", str(args.tenant_threads)]
-    server = subprocess.Popen(serve, env=env)
+
+    def start_server(port: int) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "raptors", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        if args.tenant_threads is not None:
+            cmd += ["--tenant-threads", str(args.tenant_threads)]
+        return subprocess.Popen(cmd, env=env)
+
+    servers = [start_server(port)]
+    phases: list[tuple[str, dict[str, dict]]] = []
     try:
-        wait_ready(server, port)
+        wait_ready(servers[0], port)
         with tempfile.TemporaryDirectory(prefix="raptors-locust-") as tmp:
-            alone = run_phase("quiet-alone", port, ["QuietTenant"], args.seconds, env, Path(tmp))
-            both = run_phase(
-                "noisy+quiet", port, ["QuietTenant", "NoisyTenant"], args.seconds, env, Path(tmp)
+            quiet = {"QuietTenant": port}
+            phases.append(
+                ("quiet-alone", run_phase("quiet-alone", quiet, args.seconds, env, Path(tmp)))
             )
+            both = {"QuietTenant": port, "NoisyTenant": port}
+            phases.append(
+                ("noisy+quiet", run_phase("noisy+quiet", both, args.seconds, env, Path(tmp)))
+            )
+            if args.control:
+                other = free_port()
+                servers.append(start_server(other))
+                wait_ready(servers[1], other)
+                apart = {"QuietTenant": port, "NoisyTenant": other}
+                phases.append(
+                    ("noisy-apart", run_phase("noisy-apart", apart, args.seconds, env, Path(tmp)))
+                )
         time.sleep(0.5)  # let the last in-flight jobs finish before the final snapshot
         stats = get_json(port, "/stats")
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        for server in servers:
+            server.send_signal(signal.SIGINT)
+        for server in servers:
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
 
     head = (f"{'phase':<14} {'tenant':<8} {'requests':>8} {'failures':>8} {'req/s':>8} "
             f"{'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'max ms':>8}")  # fmt: skip
     print()
     print(head)
     print("-" * len(head))
-    for phase, rows in (("quiet-alone", alone), ("noisy+quiet", both)):
+    for phase, rows in phases:
         for tenant, row in sorted(rows.items()):
             print(fmt_row(phase, tenant, row))
-    q_alone, q_both = float(alone["quiet"]["99%"]), float(both["quiet"]["99%"])
+    results = dict(phases)
+    q_alone, q_both = (
+        float(results["quiet-alone"]["quiet"]["99%"]),
+        float(results["noisy+quiet"]["quiet"]["99%"]),
+    )
     ratio = q_both / q_alone if q_alone else float("inf")
     verdict = "within" if ratio <= 1.5 else "OVER"
     print(f"\nquiet tenant p99: {q_alone:g} ms alone, {q_both:g} ms next to the noisy tenant "
           f"-> {ratio:.2f}x ({verdict} the 1.5x target)")  # fmt: skip
+    if "noisy-apart" in results:
+        q_apart = float(results["noisy-apart"]["quiet"]["99%"])
+        print(f"control: {q_apart:g} ms with the noisy tenant on another server process "
+              f"({q_apart / q_alone:.2f}x): what sharing the machine alone costs")  # fmt: skip
 
     print("\nfinal pool stats:")
     cols = ("submitted", "completed", "failed", "cancelled", "expired", "rejected", "queued",

@@ -77,12 +77,12 @@ def make_app(rx: Raptors, pool_name: str | None = None) -> FastAPI:
 
 def test_lifespan_creates_and_closes_pools():
     a, b = uniq("life-a"), uniq("life-b")
-    rx = Raptors(pools=[PoolConfig(a, threads=2, queue=7), {"name": b, "threads": 1}])
+    rx = Raptors(pools=[PoolConfig(a, threads=2, queue=7), {"name": b, "threads": 1, "nice": 0}])
     app = make_app(rx, a)
     with TestClient(app) as client:
         pa, pb = rp.get_pool(a), rp.get_pool(b)
-        assert (pa.threads, pa.queue_capacity) == (2, 7)
-        assert pb.threads == 1 and not pa.closed and not pb.closed
+        assert (pa.threads, pa.queue_capacity, pa.nice) == (2, 7, 5)
+        assert (pb.threads, pb.nice) == (1, 0) and not pa.closed and not pb.closed
         assert client.get("/pool").json() == {"name": a, "threads": 2, "queue": 7}
         assert client.post("/work").json() == {"value": 6}
         assert app.state.raptors is rx
@@ -174,6 +174,15 @@ def tenant_app(**template) -> tuple[Raptors, FastAPI]:
     prefix = uniq("t") + "-"
     rx = Raptors(tenants=TenantTemplate(prefix=prefix, **template))
     return rx, make_app(rx)
+
+
+def test_tenant_template_sets_the_workers_nice():
+    rx, app = tenant_app(threads=1, queue=2, nice=0)
+    with TestClient(app):
+        assert rx.tenants.get("acme").nice == 0
+    rx, app = tenant_app(threads=1, queue=2)
+    with TestClient(app):
+        assert rx.tenants.get("acme").nice == 5  # the pool default
 
 
 def test_tenant_pools_are_isolated():
