@@ -8,31 +8,18 @@ use raptors_kernels::*;
 
 #[test]
 fn every_simd_level_gives_the_same_cosines() {
-    let best = simd_level();
-    let mut results = Vec::new();
-    for level in [SimdLevel::Baseline, SimdLevel::Avx2, SimdLevel::Avx512] {
-        force_simd_level(level);
+    assert_same_at_every_simd_level(|| {
         let mut r = Vec::new();
         for dt in [DType::Float32, DType::Float64] {
             for (rows, d) in [(9usize, 1usize), (13, 17), (37, 257), (6, 1500)] {
                 let m = Case::new(dt, &values(rows * d, 61, false), &[rows, d], Layout::C);
                 for nq in [1usize, 2, 5, 9, 33] {
                     let q = Case::new(dt, &values(nq * d, 62, false), &[nq, d], Layout::C);
-                    r.push(
-                        run(
-                            Op::CosineSimilarity,
-                            &[m.op(), q.op()],
-                            &Params::default(),
-                            &Serial,
-                        )
-                        .unwrap(),
-                    );
+                    let ops = [m.op(), q.op()];
+                    r.push(run(Op::CosineSimilarity, &ops, &Params::default(), &Serial).unwrap());
                 }
             }
         }
-        results.push(r);
-    }
-    force_simd_level(best);
-    assert_eq!(results[0], results[1]);
-    assert_eq!(results[1], results[2]);
+        r
+    });
 }

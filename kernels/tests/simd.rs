@@ -7,10 +7,9 @@ use raptors_kernels::*;
 
 #[test]
 fn every_simd_level_gives_the_same_answers() {
-    let best = simd_level();
-    let mut results = Vec::new();
-    for level in [SimdLevel::Baseline, SimdLevel::Avx2, SimdLevel::Avx512] {
-        force_simd_level(level);
+    // The loops use the same accumulator layout at every level, so even
+    // float results are bit-identical.
+    assert_same_at_every_simd_level(|| {
         let mut r = Vec::new();
         for dt in DTYPES {
             for n in [1usize, 63, 1000, 4097] {
@@ -39,11 +38,6 @@ fn every_simd_level_gives_the_same_answers() {
                 );
             }
         }
-        results.push(r);
-    }
-    force_simd_level(best);
-    // The loops use the same accumulator layout at every level, so even
-    // float results are bit-identical.
-    assert_eq!(results[0], results[1]);
-    assert_eq!(results[1], results[2]);
+        r
+    });
 }

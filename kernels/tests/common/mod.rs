@@ -179,3 +179,20 @@ pub fn tol(dt: DType, n: usize) -> f64 {
 pub fn run1(op: Op, a: Operand<'_>, params: Params) -> Result<Value, KernelError> {
     run(op, &[a], &params, &Serial)
 }
+
+/// Runs `results` once at every SIMD dispatch level and asserts they all
+/// agree bit for bit, then restores the detected level. The level is
+/// process-wide: call this only from a test binary of its own.
+pub fn assert_same_at_every_simd_level(results: impl Fn() -> Vec<Value>) {
+    let best = simd_level();
+    let runs: Vec<Vec<Value>> = [SimdLevel::Baseline, SimdLevel::Avx2, SimdLevel::Avx512]
+        .into_iter()
+        .map(|level| {
+            force_simd_level(level);
+            results()
+        })
+        .collect();
+    force_simd_level(best);
+    assert_eq!(runs[0], runs[1], "baseline vs AVX2");
+    assert_eq!(runs[1], runs[2], "AVX2 vs AVX-512");
+}
