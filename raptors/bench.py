@@ -77,13 +77,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def machine_line() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
         for line in f:
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine_line() -> dict[str, Any]:
+    cpu = cpu_model()
     blas = "unknown"
     with contextlib.suppress(ImportError):
         from threadpoolctl import threadpool_info

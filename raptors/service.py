@@ -238,6 +238,9 @@ def create_app(
     async def query(request: Request) -> np.ndarray:
         return parse_query(await request.body(), dim)
 
+    def job_options(request: Request) -> tuple[int, float | None]:
+        return parse_priority(request), parse_timeout(request, rx.default_timeout)
+
     def answer(ids: Any, scores: Any) -> Response:
         return Response(encode_answer(ids, scores), media_type="application/json")
 
@@ -255,8 +258,7 @@ def create_app(
             q: Annotated[np.ndarray, Depends(query)],
             pool: Annotated[rp.Pool, Depends(rx.tenant_pool)],
         ) -> Response:
-            priority = parse_priority(request)
-            timeout = parse_timeout(request, rx.default_timeout)
+            priority, timeout = job_options(request)
             fut = batcher.submit(pool, q, priority=priority, timeout=timeout)
             ids, scores = await rx.wait(request, fut)
             return answer(ids, scores)
@@ -269,8 +271,7 @@ def create_app(
             q: Annotated[np.ndarray, Depends(query)],
             pool: Annotated[rp.Pool, Depends(rx.tenant_pool)],
         ) -> Response:
-            priority = parse_priority(request)
-            timeout = parse_timeout(request, rx.default_timeout)
+            priority, timeout = job_options(request)
             ids, scores = await rx.run(
                 request, pool, rp.cosine_topk, m, q, K, priority=priority, timeout=timeout
             )

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 import raptors as rp
+from raptors.bench import cpu_model
 
 try:
     from threadpoolctl import threadpool_info, threadpool_limits
@@ -105,17 +106,6 @@ def blas_info() -> dict:
                 )
             }
     return {"internal_api": "none found"}
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cpu_flags() -> str:

@@ -261,17 +261,6 @@ def _blas_info(np) -> dict:
 # --- orchestrator -----------------------------------------------------------------------
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _run_worker(setting: str, args, matmul_n: int | None) -> dict:
     env = dict(os.environ)
     if setting == "default":
@@ -372,6 +361,8 @@ def main() -> None:
 
     import numpy as np
 
+    from raptors.bench import cpu_model
+
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     results = {}
     matmul_n = args.matmul_n
@@ -381,7 +372,7 @@ def main() -> None:
         matmul_n = results[setting]["matmul_n"]
     blas = results["default"]["blas"]
     machine = (
-        f"{_cpu_model()}, {cores} cores, Python {platform.python_version()}, "
+        f"{cpu_model()}, {cores} cores, Python {platform.python_version()}, "
         f"NumPy {np.__version__}, BLAS {blas['numpy_blas']} "
         f"({blas.get('threadpoolctl', 'threadpoolctl not installed')}), "
         f"env {blas['env'] or '{}'}"

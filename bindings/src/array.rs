@@ -138,6 +138,19 @@ impl Array {
         let submit = py.import("raptors")?.getattr("submit")?;
         Ok(submit.call(PyTuple::new(py, args)?, Some(kwargs))?.unbind())
     }
+
+    /// Submits the reduction `op(self, axis=axis)` through `raptors.submit`.
+    fn submit_reduction(
+        slf: &Bound<'_, Array>,
+        op: Op,
+        axis: Option<&Bound<'_, PyAny>>,
+        pool: Option<&Bound<'_, PyAny>>,
+        priority: i64,
+    ) -> PyResult<PyObject> {
+        let kwargs = submit_kwargs(slf.py(), pool, priority)?;
+        kwargs.set_item("axis", axis)?;
+        Array::submit_kernel(slf, op, &[], &kwargs)
+    }
 }
 
 fn axis_kwargs<'py>(
@@ -329,10 +342,7 @@ impl Array {
         pool: Option<&Bound<'_, PyAny>>,
         priority: i64,
     ) -> PyResult<PyObject> {
-        let py = slf.py();
-        let kwargs = submit_kwargs(py, pool, priority)?;
-        kwargs.set_item("axis", axis)?;
-        Array::submit_kernel(slf, Op::Sum, &[], &kwargs)
+        Array::submit_reduction(slf, Op::Sum, axis, pool, priority)
     }
 
     /// `rp.submit(rp.mean, self, axis=axis, pool=pool, priority=priority)`.
@@ -343,10 +353,7 @@ impl Array {
         pool: Option<&Bound<'_, PyAny>>,
         priority: i64,
     ) -> PyResult<PyObject> {
-        let py = slf.py();
-        let kwargs = submit_kwargs(py, pool, priority)?;
-        kwargs.set_item("axis", axis)?;
-        Array::submit_kernel(slf, Op::Mean, &[], &kwargs)
+        Array::submit_reduction(slf, Op::Mean, axis, pool, priority)
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {

@@ -119,6 +119,41 @@ pub fn cast<S: Element, D: Element>(s: S) -> D {
     }
 }
 
+/// The `Element` items every dtype shares: `as` casts and the `Buffer` /
+/// `Scalar` variant of the type.
+macro_rules! element_conversions {
+    ($t:ty, $variant:ident) => {
+        #[inline(always)]
+        fn to_f64(self) -> f64 {
+            self as f64
+        }
+        #[inline(always)]
+        fn to_i64(self) -> i64 {
+            self as i64
+        }
+        #[inline(always)]
+        fn from_f64(v: f64) -> Self {
+            v as $t
+        }
+        #[inline(always)]
+        fn from_i64(v: i64) -> Self {
+            v as $t
+        }
+        fn into_buffer(v: Vec<Self>) -> Buffer {
+            Buffer::$variant(v)
+        }
+        fn into_scalar(self) -> Scalar {
+            Scalar::$variant(self)
+        }
+        fn buffer_slice(b: &Buffer) -> Option<&[Self]> {
+            match b {
+                Buffer::$variant(v) => Some(v),
+                _ => None,
+            }
+        }
+    };
+}
+
 macro_rules! impl_int {
     ($t:ty, $dt:ident, $variant:ident, $sum:ty) => {
         impl Element for $t {
@@ -139,22 +174,6 @@ macro_rules! impl_int {
                 self.wrapping_mul(o)
             }
             #[inline(always)]
-            fn to_f64(self) -> f64 {
-                self as f64
-            }
-            #[inline(always)]
-            fn to_i64(self) -> i64 {
-                self as i64
-            }
-            #[inline(always)]
-            fn from_f64(v: f64) -> Self {
-                v as $t
-            }
-            #[inline(always)]
-            fn from_i64(v: i64) -> Self {
-                v as $t
-            }
-            #[inline(always)]
             fn to_sum(self) -> $sum {
                 self as $sum
             }
@@ -162,18 +181,7 @@ macro_rules! impl_int {
             fn is_nan(self) -> bool {
                 false
             }
-            fn into_buffer(v: Vec<Self>) -> Buffer {
-                Buffer::$variant(v)
-            }
-            fn into_scalar(self) -> Scalar {
-                Scalar::$variant(self)
-            }
-            fn buffer_slice(b: &Buffer) -> Option<&[Self]> {
-                match b {
-                    Buffer::$variant(v) => Some(v),
-                    _ => None,
-                }
-            }
+            element_conversions!($t, $variant);
         }
     };
 }
@@ -198,22 +206,6 @@ macro_rules! impl_float {
                 self * o
             }
             #[inline(always)]
-            fn to_f64(self) -> f64 {
-                self as f64
-            }
-            #[inline(always)]
-            fn to_i64(self) -> i64 {
-                self as i64
-            }
-            #[inline(always)]
-            fn from_f64(v: f64) -> Self {
-                v as $t
-            }
-            #[inline(always)]
-            fn from_i64(v: i64) -> Self {
-                v as $t
-            }
-            #[inline(always)]
             fn to_sum(self) -> $t {
                 self
             }
@@ -221,18 +213,7 @@ macro_rules! impl_float {
             fn is_nan(self) -> bool {
                 self != self
             }
-            fn into_buffer(v: Vec<Self>) -> Buffer {
-                Buffer::$variant(v)
-            }
-            fn into_scalar(self) -> Scalar {
-                Scalar::$variant(self)
-            }
-            fn buffer_slice(b: &Buffer) -> Option<&[Self]> {
-                match b {
-                    Buffer::$variant(v) => Some(v),
-                    _ => None,
-                }
-            }
+            element_conversions!($t, $variant);
         }
 
         impl Float for $t {

@@ -261,6 +261,47 @@ fn flat_blocks<T: Element, const N: usize>(
     }
 }
 
+/// Fills `out` (`rows x cols`, C order) with `f` applied to the operands'
+/// rows: over flat runs when every operand is a full contiguous array or a
+/// scalar (layout chosen once, here), else row by row.
+fn fill_broadcast<T: Element, const N: usize>(
+    ops: &[Bcast<'_, T>; N],
+    rows: usize,
+    cols: usize,
+    out: &mut [T],
+    per_item: usize,
+    exec: &dyn Exec,
+    f: impl Fn(&[Row<'_, T>; N], &mut [T]) + Sync,
+) -> Result<(), KernelError> {
+    let flats: [Option<Flat<'_, T>>; N] = std::array::from_fn(|i| ops[i].flat(rows));
+    if flats.iter().all(Option::is_some) {
+        let flats = flats.map(|f| f.expect("checked"));
+        return fill_chunks(
+            exec,
+            out,
+            chunk_items(per_item),
+            per_item,
+            |start, piece| flat_blocks(&flats, start, piece, &f),
+        );
+    }
+    let Some(rows_per_chunk) = chunk_items(per_item).checked_div(cols) else {
+        return Ok(()); // no columns: nothing to write
+    };
+    let rows_per_chunk = rows_per_chunk.max(1);
+    fill_chunks(
+        exec,
+        out,
+        rows_per_chunk * cols,
+        per_item,
+        |start, piece| {
+            for (i, o) in piece.chunks_mut(cols).enumerate() {
+                let r = start / cols + i;
+                f(&std::array::from_fn(|k| ops[k].row(r)), o);
+            }
+        },
+    )
+}
+
 fn run_binary<'a, T: Element, K: Binary<T>>(
     a: &'a Typed<'a, T>,
     b: &'a Typed<'a, T>,
@@ -269,40 +310,12 @@ fn run_binary<'a, T: Element, K: Binary<T>>(
 ) -> Result<Value, KernelError> {
     let [rows, cols] = out_dims(&shape);
     let n = rows * cols;
-    let (ba, bb) = (Bcast::new(a, cols), Bcast::new(b, cols));
+    let ops = [Bcast::new(a, cols), Bcast::new(b, cols)];
     let mut out = vec![T::ZERO; n];
     let per_item = 3 * std::mem::size_of::<T>();
-    match (ba.flat(rows), bb.flat(rows)) {
-        (Some(fa), Some(fb)) => {
-            fill_chunks(
-                exec,
-                &mut out,
-                chunk_items(per_item),
-                per_item,
-                |start, piece| {
-                    flat_blocks(&[fa, fb], start, piece, |r, o| {
-                        binary_rows::<T, K>(&r[0], &r[1], o)
-                    })
-                },
-            )?;
-        }
-        _ if cols > 0 => {
-            let rows_per_chunk = (chunk_items(per_item) / cols).max(1);
-            fill_chunks(
-                exec,
-                &mut out,
-                rows_per_chunk * cols,
-                per_item,
-                |start, piece| {
-                    for (i, o) in piece.chunks_mut(cols).enumerate() {
-                        let r = start / cols + i;
-                        binary_rows::<T, K>(&ba.row(r), &bb.row(r), o);
-                    }
-                },
-            )?;
-        }
-        _ => {}
-    }
+    fill_broadcast(&ops, rows, cols, &mut out, per_item, exec, |r, o| {
+        binary_rows::<T, K>(&r[0], &r[1], o)
+    })?;
     Ok(Value::from_vec(out, shape))
 }
 
@@ -360,34 +373,9 @@ fn run_clip<'a, T: Element>(
                 }
             }
         };
-    let flats = [ops[0].flat(rows), ops[1].flat(rows), ops[2].flat(rows)];
-    if let [Some(fa), Some(fl), Some(fh)] = flats {
-        fill_chunks(
-            exec,
-            &mut out,
-            chunk_items(per_item),
-            per_item,
-            |start, piece| {
-                flat_blocks(&[fa, fl, fh], start, piece, |r, o| {
-                    clip_row(&r[0], &r[1], &r[2], o)
-                })
-            },
-        )?;
-    } else if let Some(rows_per_chunk) = chunk_items(per_item).checked_div(cols) {
-        let rows_per_chunk = rows_per_chunk.max(1);
-        fill_chunks(
-            exec,
-            &mut out,
-            rows_per_chunk * cols,
-            per_item,
-            |start, piece| {
-                for (i, o) in piece.chunks_mut(cols).enumerate() {
-                    let r = start / cols + i;
-                    clip_row(&ops[0].row(r), &ops[1].row(r), &ops[2].row(r), o);
-                }
-            },
-        )?;
-    }
+    fill_broadcast(&ops, rows, cols, &mut out, per_item, exec, |r, o| {
+        clip_row(&r[0], &r[1], &r[2], o)
+    })?;
     Ok(Value::from_vec(out, shape))
 }
 
