@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 import raptors as rp
 from raptors.bench import cpu_model
 

@@ -56,7 +56,6 @@ TARGET_MATMUL_SECONDS = 0.002
 def _worker(args) -> dict:
     import anyio.to_thread
     import numpy as np
-
     import raptors as rp
 
     repeats = args.repeats
@@ -360,7 +359,6 @@ def main() -> None:
         return
 
     import numpy as np
-
     from raptors.bench import cpu_model
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -19,10 +19,9 @@ import statistics
 import time
 
 import numpy as np
-from threadpoolctl import threadpool_limits
-
 import raptors as rp
 from raptors import service
+from threadpoolctl import threadpool_limits
 
 BATCHES = (1, 2, 4, 8, 16, 32)
 

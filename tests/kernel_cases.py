@@ -16,7 +16,6 @@ import warnings
 
 import numpy as np
 import pytest
-
 import raptors as rp
 
 DTYPES = ("float32", "float64", "int32", "int64")

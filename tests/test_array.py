@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import raptors as rp
 from kernel_cases import (
     DTYPES,
     as_numpy,
@@ -10,8 +11,6 @@ from kernel_cases import (
     kernel_pool_fixture,  # noqa: F401  (fixture kernel_pool)
     make,
 )
-
-import raptors as rp
 
 
 def data_pointer(a):

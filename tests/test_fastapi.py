@@ -14,11 +14,10 @@ from conftest import HANG
 pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
 
+import raptors as rp
 from fastapi import Depends, FastAPI, Request
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-
-import raptors as rp
 from raptors.fastapi import (
     Batcher,
     PoolConfig,
@@ -530,7 +529,11 @@ async def test_batcher_expires_items_that_wait_past_their_timeout():
         await asyncio.sleep(0.05)
         assert ran == [[0]] and batcher.pending == 0
         s = pool.stats()
-        assert (s.submitted, s.completed, s.expired) == (1, 1, 0)  # the late item never reached the pool
+        assert (s.submitted, s.completed, s.expired) == (
+            1,
+            1,
+            0,
+        )  # the late item never reached the pool
     finally:
         pool.close()
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import raptors as rp
 from kernel_cases import (
     BINARY,
     DTYPES,
@@ -25,8 +26,6 @@ from kernel_cases import (
     to_kind,
     upcast,
 )
-
-import raptors as rp
 
 
 def binary_scale(name, a, b):

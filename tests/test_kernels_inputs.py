@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import raptors as rp
 from kernel_cases import (
     BINARY,
     KERNELS,
@@ -18,8 +19,6 @@ from kernel_cases import (
     sample_args,
     to_kind,
 )
-
-import raptors as rp
 
 UNSUPPORTED = {
     "complex128": lambda n: np.arange(n) + 1j,
@@ -250,7 +249,11 @@ for name, args in (("sum", (x,)), ("dot", (x, x)), ("multiply", (x, x)), ("argma
 def test_unaligned_buffers(dtype):
     # In a child process: reading an unaligned buffer as if it were aligned can crash.
     proc = subprocess.run(
-        [sys.executable, "-c", _UNALIGNED_SCRIPT, dtype], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-c", _UNALIGNED_SCRIPT, dtype],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 0, (
         f"unaligned {dtype} input: exit code {proc.returncode}\n{proc.stdout}{proc.stderr[-2000:]}"

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import raptors as rp
 from kernel_cases import (
     DTYPES,
     FLOAT_DTYPES,
@@ -20,8 +21,6 @@ from kernel_cases import (
     ref_topk,
     to_kind,
 )
-
-import raptors as rp
 
 PRODUCTS = ("dot", "matmul")
 NP_PRODUCT = {"dot": np.dot, "matmul": np.matmul}

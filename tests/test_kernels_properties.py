@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import raptors as rp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -16,8 +17,6 @@ from kernel_cases import (
     ref_topk,
     rp_call,
 )
-
-import raptors as rp
 
 FAST = settings(
     max_examples=40,

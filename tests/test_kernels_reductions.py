@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import raptors as rp
 from kernel_cases import (
     AXES,
     DTYPES,
@@ -29,8 +30,6 @@ from kernel_cases import (
 from kernel_cases import (
     as_numpy as as_numpy_result,
 )
-
-import raptors as rp
 
 REFUSES_EMPTY = ("min", "max", "argmin", "argmax")
 ARG = ("argmin", "argmax")

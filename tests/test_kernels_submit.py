@@ -4,6 +4,7 @@ import asyncio
 
 import numpy as np
 import pytest
+import raptors as rp
 from kernel_cases import (
     KERNELS,
     NUMPY_REF,
@@ -19,8 +20,6 @@ from kernel_cases import (
     single_thread_pool_fixture,  # noqa: F401  (fixture single_thread_pool)
     upcast,
 )
-
-import raptors as rp
 
 
 def assert_kernel_result(name, got, args, kwargs):

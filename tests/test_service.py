@@ -11,10 +11,9 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
 
+import raptors as rp
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-
-import raptors as rp
 from raptors import bench, service
 
 SMALL = service.make_matrix(rows=2_000, dim=service.DIM, seed=5)

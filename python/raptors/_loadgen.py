@@ -80,9 +80,8 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]
     return status, body, keep_alive
 
 
-def _percentile(sorted_values: list[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """The nearest-rank ``q`` quantile of a non-empty sorted list."""
     idx = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
     return sorted_values[idx]
 

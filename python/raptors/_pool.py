@@ -30,7 +30,9 @@ _unjoined: set[Pool] = set()
 _DEFAULT_NAME = "default"
 
 
-class Pool(PoolCore, concurrent.futures.Executor):
+# PoolCore.submit returns a Job: a Future by behaviour (asyncio and
+# concurrent.futures accept it), not by inheritance, which mypy cannot see.
+class Pool(PoolCore, concurrent.futures.Executor):  # type: ignore[misc]
     """A named pool of native worker threads with a bounded priority queue.
 
     ``Pool(name, threads=None, queue=1024, *, nice=5)``: ``threads`` workers

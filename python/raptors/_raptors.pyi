@@ -3,11 +3,48 @@
 import asyncio
 import concurrent.futures
 from collections.abc import Callable, Generator
-from typing import Any, Literal, Self, TypeAlias
+from typing import Any, Literal, Self, TypeAlias, final
 
 import numpy as np
+from typing_extensions import disjoint_base
 
 __version__: str
+__all__ = [
+    "Array",
+    "CancelToken",
+    "DeadlineExceeded",
+    "Hub",
+    "Job",
+    "JobAwait",
+    "JobCancelled",
+    "Kernel",
+    "PoolClosed",
+    "PoolCore",
+    "PoolStats",
+    "QueueFull",
+    "RaptorsError",
+    "__version__",
+    "_interpreter_exiting",
+    "_test_panic_kernel",
+    "add",
+    "argmax",
+    "argmin",
+    "clip",
+    "cosine_similarity",
+    "cosine_topk",
+    "divide",
+    "dot",
+    "matmul",
+    "max",
+    "mean",
+    "min",
+    "multiply",
+    "norm",
+    "scale",
+    "subtract",
+    "sum",
+    "topk",
+]
 
 class RaptorsError(Exception): ...
 
@@ -21,13 +58,14 @@ class PoolClosed(RaptorsError):
 class DeadlineExceeded(RaptorsError, TimeoutError): ...
 class JobCancelled(concurrent.futures.CancelledError, asyncio.CancelledError): ...
 
-JobStatus: TypeAlias = Literal["queued", "running", "done", "failed", "cancelled", "expired"]
+_JobStatus: TypeAlias = Literal["queued", "running", "done", "failed", "cancelled", "expired"]
 
+@final
 class Job:
     """A submitted job: a ``concurrent.futures.Future`` that can be awaited."""
 
     @property
-    def status(self) -> JobStatus: ...
+    def status(self) -> _JobStatus: ...
     @property
     def pool(self) -> str: ...
     @property
@@ -44,7 +82,11 @@ class Job:
     def remove_done_callback(self, func: Callable[[Job], object]) -> int: ...
     def get_loop(self) -> asyncio.AbstractEventLoop: ...
     def __await__(self) -> Generator[Any, None, Any]: ...
-    _asyncio_future_blocking: bool
+    @property
+    def _asyncio_future_blocking(self) -> bool | None: ...
+    @_asyncio_future_blocking.setter
+    def _asyncio_future_blocking(self, value: bool) -> None: ...
+    def _wait(self, timeout: float | None = None) -> bool: ...
     def _make_cancelled_error(self) -> asyncio.CancelledError: ...
     @property
     def _state(self) -> str: ...
@@ -53,12 +95,14 @@ class Job:
     @property
     def _waiters(self) -> list[Any]: ...
 
+@final
 class CancelToken:
     def __init__(self) -> None: ...
     def cancel(self) -> None: ...
     @property
     def cancelled(self) -> bool: ...
 
+@final
 class PoolStats:
     name: str
     threads: int
@@ -79,9 +123,15 @@ class PoolStats:
     utilization: float
     def to_dict(self) -> dict[str, Any]: ...
 
+@disjoint_base
 class PoolCore:
     def __new__(
-        cls, name: str, threads: int | None = None, queue: int | None = None, *, nice: int | None = None
+        cls,
+        name: str,
+        threads: int | None = None,
+        queue: int | None = None,
+        *,
+        nice: int | None = None,
     ) -> Self: ...
     @property
     def nice(self) -> int: ...
@@ -98,7 +148,7 @@ class PoolCore:
         func: Callable[..., Any],
         /,
         *args: Any,
-        priority: int = 0,
+        priority: int | None = None,
         token: CancelToken | None = None,
         timeout: float | None = None,
         **kwargs: Any,
@@ -109,10 +159,11 @@ class PoolCore:
     def _is_worker_thread(self) -> bool: ...
     def _has_room(self) -> bool: ...
 
-ArrayLike: TypeAlias = Any
+_ArrayLike: TypeAlias = Any
 
+@final
 class Array:
-    def __init__(self, obj: ArrayLike, dtype: Any = None) -> None: ...
+    def __new__(cls, obj: _ArrayLike, dtype: Any = None) -> Self: ...
     @property
     def shape(self) -> tuple[int, ...]: ...
     @property
@@ -124,18 +175,19 @@ class Array:
     def __len__(self) -> int: ...
     def numpy(self) -> np.ndarray: ...
     def tolist(self) -> Any: ...
-    def __matmul__(self, other: ArrayLike) -> Any: ...
-    def __rmatmul__(self, other: ArrayLike) -> Any: ...
-    def dot(self, other: ArrayLike) -> Any: ...
+    def __matmul__(self, other: _ArrayLike, /) -> Any: ...
+    def __rmatmul__(self, other: _ArrayLike, /) -> Any: ...
+    def dot(self, other: _ArrayLike) -> Any: ...
     def sum(self, axis: int | None = None) -> Any: ...
     def mean(self, axis: int | None = None) -> Any: ...
     def min(self, axis: int | None = None) -> Any: ...
     def max(self, axis: int | None = None) -> Any: ...
-    def dot_async(self, other: ArrayLike, pool: Any = None, priority: int = 0) -> Job: ...
-    def matmul_async(self, other: ArrayLike, pool: Any = None, priority: int = 0) -> Job: ...
+    def dot_async(self, other: _ArrayLike, pool: Any = None, priority: int = 0) -> Job: ...
+    def matmul_async(self, other: _ArrayLike, pool: Any = None, priority: int = 0) -> Job: ...
     def sum_async(self, axis: int | None = None, pool: Any = None, priority: int = 0) -> Job: ...
     def mean_async(self, axis: int | None = None, pool: Any = None, priority: int = 0) -> Job: ...
 
+@final
 class Kernel:
     """A native kernel: call it directly, or pass it to ``submit``."""
 
@@ -164,3 +216,17 @@ cosine_topk: Kernel
 _test_panic_kernel: Kernel
 
 def _interpreter_exiting() -> None: ...
+
+@final
+class JobAwait:
+    """The iterator ``await job`` drives."""
+
+    def __iter__(self) -> Self: ...
+    def __next__(self) -> Any: ...
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any: ...
+
+@final
+class Hub:
+    """Drains a loop's queued job deliveries (registered with ``loop.add_reader``)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None: ...

@@ -315,7 +315,7 @@ def retry_after_seconds(stats: Any) -> int:
     Whole seconds (the header's unit), at least 1.
     """
     threads = max(int(stats.threads or 1), 1)
-    estimate = stats.queued * float(stats.run_p50) / threads
+    estimate = int(stats.queued) * float(stats.run_p50) / threads
     if not math.isfinite(estimate):
         return 1
     return max(1, math.ceil(estimate))

@@ -100,7 +100,7 @@ def parse_query(body: bytes, dim: int = DIM) -> np.ndarray:
 
 
 def _header_or_param(request: Any, header: str, param: str) -> str | None:
-    value = request.headers.get(header)
+    value: str | None = request.headers.get(header)
     if value is None:
         value = request.query_params.get(param)
     return value
