@@ -594,11 +594,14 @@ def _thread_nice(name):
     import glob
 
     for task in glob.glob("/proc/self/task/*"):
-        with open(f"{task}/comm") as f:
-            if f.read().strip() != name:
-                continue
-        with open(f"{task}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+        try:
+            with open(f"{task}/comm") as f:
+                if f.read().strip() != name:
+                    continue
+            with open(f"{task}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # another pool's thread exited between the listing and the read
         return int(fields[16])  # field 19 of stat, counted after the comm
     raise LookupError(name)
 

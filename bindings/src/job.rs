@@ -22,10 +22,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTimeoutError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTimeoutError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3::{PyTraverseError, PyVisit};
@@ -35,6 +34,7 @@ use crate::errors;
 use crate::gil;
 use crate::hub::{self, Delivery, HubCore};
 use crate::task::{JobError, JobValue, RuntimeHandle};
+use crate::timeout::Timeout;
 
 /// A callback and the `contextvars.Context` to run it in.
 pub struct Callback {
@@ -208,26 +208,18 @@ impl Job {
     }
 
     /// Blocks (GIL released, Ctrl-C honoured) until the job ends or `timeout` passes.
-    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<()> {
+    fn wait(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let timeout = Timeout::parse("timeout", timeout)?;
         if self.is_done() {
             return Ok(());
         }
-        let deadline = match timeout {
-            Some(t) if t.is_nan() || t < 0.0 => {
-                return Err(PyValueError::new_err(
-                    "timeout must be a non-negative number of seconds",
-                ))
-            }
-            Some(t) => Some(Instant::now() + Duration::from_secs_f64(t.min(1e9))),
-            None => None,
-        };
         let handle = &self.handle;
-        if gil::wait_interruptibly(py, deadline, |slice| handle.wait(Some(slice)))? {
+        if gil::wait_interruptibly(py, timeout.deadline(), |slice| handle.wait(Some(slice)))? {
             Ok(())
         } else {
             Err(PyTimeoutError::new_err(format!(
                 "job did not finish within {:.3} s",
-                timeout.unwrap_or_default()
+                timeout.seconds().unwrap_or_default()
             )))
         }
     }
@@ -389,13 +381,17 @@ impl Job {
     }
 
     #[pyo3(signature = (timeout=None))]
-    fn result(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<PyObject> {
+    fn result(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<PyObject> {
         self.wait(py, timeout)?;
         self.outcome_result(py)
     }
 
     #[pyo3(signature = (timeout=None))]
-    fn exception(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<PyObject>> {
+    fn exception(
+        &self,
+        py: Python<'_>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<PyObject>> {
         self.wait(py, timeout)?;
         match self.settled(py) {
             Ok(_) => Ok(None),
@@ -524,7 +520,7 @@ impl Job {
     /// Waits up to `timeout` seconds (`None`: no limit) for the job to end,
     /// without raising its outcome. True if it has ended.
     #[pyo3(signature = (timeout=None))]
-    fn _wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+    fn _wait(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
         match self.wait(py, timeout) {
             Ok(()) => Ok(true),
             Err(err) if err.is_instance_of::<PyTimeoutError>(py) => Ok(false),

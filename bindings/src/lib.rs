@@ -9,6 +9,7 @@
 //! - [`gil`]: every rule about when the GIL is held or released.
 //! - [`errors`], [`token`], [`stats`]: the exception hierarchy,
 //!   `rp.CancelToken` and `rp.PoolStats`.
+//! - [`timeout`]: the one parser of every `timeout=` argument.
 
 mod array;
 mod convert;
@@ -20,6 +21,7 @@ mod kernel;
 mod pool;
 mod stats;
 mod task;
+mod timeout;
 mod token;
 
 use pyo3::prelude::*;
@@ -48,6 +50,7 @@ fn _raptors(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<array::Array>()?;
     kernel::register(module)?;
     module.add_function(wrap_pyfunction!(_interpreter_exiting, module)?)?;
+    module.add_function(wrap_pyfunction!(timeout::_timeout_seconds, module)?)?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

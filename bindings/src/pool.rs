@@ -4,7 +4,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -17,6 +16,7 @@ use crate::job::Job;
 use crate::kernel::Kernel;
 use crate::stats::PoolStats;
 use crate::task;
+use crate::timeout::Timeout;
 use crate::token::CancelToken;
 
 static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
@@ -89,36 +89,6 @@ fn lower_thread_priority(nice: i32) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = nice;
-}
-
-/// Seconds from now to an `Instant`, for `timeout=`.
-fn deadline_after(timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Instant>> {
-    let Some(timeout) = timeout.filter(|t| !t.is_none()) else {
-        return Ok(None);
-    };
-    if timeout.is_instance_of::<PyBool>() {
-        return Err(PyTypeError::new_err(
-            "timeout must be a number of seconds, not bool",
-        ));
-    }
-    let seconds: f64 = timeout.extract().map_err(|_| {
-        PyTypeError::new_err(format!(
-            "timeout must be a number of seconds, not {}",
-            timeout
-                .get_type()
-                .name()
-                .map(|n| n.to_string())
-                .unwrap_or_default()
-        ))
-    })?;
-    if seconds.is_nan() || seconds < 0.0 {
-        return Err(PyValueError::new_err(format!(
-            "timeout must be a non-negative number of seconds, got {seconds}"
-        )));
-    }
-    Ok(Some(
-        Instant::now() + Duration::from_secs_f64(seconds.min(1e9)),
-    ))
 }
 
 #[pymethods]
@@ -240,7 +210,7 @@ impl PoolCore {
         };
         let options = SubmitOptions {
             priority,
-            deadline: deadline_after(timeout)?,
+            deadline: Timeout::parse("timeout", timeout)?.deadline(),
             token,
         };
         let submitted = if let Ok(kernel) = func.downcast::<Kernel>() {
@@ -278,14 +248,14 @@ impl PoolCore {
     /// Waits (GIL released, Ctrl-C honoured) until every accepted job ended
     /// and every worker exited. True if so before `timeout`.
     #[pyo3(signature = (timeout=None))]
-    fn _join(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+    fn _join(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
         if gil::is_worker_of(self.id) {
             return Err(PyRuntimeError::new_err(format!(
                 "a job cannot wait for its own pool '{}' to finish: it would wait for itself",
                 self.name
             )));
         }
-        let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.clamp(0.0, 1e9)));
+        let deadline = Timeout::parse("timeout", timeout)?.deadline();
         let pool = &self.pool;
         gil::wait_interruptibly(py, deadline, |slice| pool.join(Some(slice)))
     }

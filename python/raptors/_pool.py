@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Self
 
 from . import _raptors
-from ._raptors import Job, PoolCore, PoolStats, QueueFull
+from ._raptors import Job, PoolCore, PoolStats, QueueFull, _timeout_seconds
 
 __all__ = ["Pool", "default_pool", "get_pool", "pools", "stats", "submit"]
 
@@ -95,7 +95,8 @@ class Pool(PoolCore, concurrent.futures.Executor):  # type: ignore[misc]
     ) -> Iterator[Any]:
         """`Executor.map`, feeding the pool as slots free: while the queue is
         full the caller blocks instead of getting ``QueueFull`` part-way."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        limit = _timeout_seconds(timeout)
+        deadline = None if limit is None else time.monotonic() + limit
         # Keep at most threads + queue of our jobs unfinished, so that waiting
         # for a slot is not a stream of refused submits (each counted in
         # `rejected`); QueueFull still means waiting when others fill the pool.

@@ -26,6 +26,7 @@ __all__ = [
     "__version__",
     "_interpreter_exiting",
     "_test_panic_kernel",
+    "_timeout_seconds",
     "add",
     "argmax",
     "argmin",
@@ -216,6 +217,7 @@ cosine_topk: Kernel
 _test_panic_kernel: Kernel
 
 def _interpreter_exiting() -> None: ...
+def _timeout_seconds(value: object, name: str = "timeout") -> float | None: ...
 
 @final
 class JobAwait:

@@ -1,4 +1,5 @@
-"""Adaptive micro-batching: concurrent calls coalesced into one pool job.
+"""Adaptive micro-batching (`raptors.batch`, re-exported by `raptors.fastapi`):
+concurrent calls coalesced into one pool job.
 
 ``Batcher(fn)`` collects the items of concurrent ``await
 batcher.submit(pool, item)`` calls and runs them as one job,
