@@ -19,6 +19,18 @@ def test_hierarchy(rp):
     # QueueFull and PoolClosed are not timeouts: callers map them to other answers.
     assert not issubclass(rp.QueueFull, TimeoutError)
     assert not issubclass(rp.PoolClosed, TimeoutError)
+    # Executor.submit after shutdown raises RuntimeError: code written for
+    # ThreadPoolExecutor catches PoolClosed too.
+    assert issubclass(rp.PoolClosed, RuntimeError)
+
+
+def test_submit_after_shutdown_is_a_runtime_error(rp, unique_name):
+    pool = rp.Pool(unique_name(), threads=1, queue=2)
+    pool.shutdown()
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.submit(abs, -1)
+    with pytest.raises(RuntimeError, match="closed"):
+        list(pool.map(abs, [1]))
 
 
 def test_queue_full_attributes(rp, saturated):
@@ -80,6 +92,18 @@ def _panic_hook():
     if hook is None:
         pytest.skip("raptors._raptors._test_panic_kernel (test-only panic hook) is not built")
     return hook
+
+
+def test_kernel_panic_on_a_direct_call_is_a_raptors_error():
+    """Called directly (not submitted), a panicking kernel raises RaptorsError,
+    an Exception, never pyo3's PanicException (a BaseException)."""
+    import raptors as rp
+
+    hook = _panic_hook()
+    for _ in range(3):  # and the caller's thread stays usable
+        with pytest.raises(rp.RaptorsError, match="panicked"):
+            hook()
+    assert rp.sum(np.ones(3)) == 3.0
 
 
 async def test_kernel_panic_becomes_raptors_error_and_pool_survives(rp, make_pool):

@@ -306,7 +306,20 @@ def test_scale_integer_wraps(dtype):
 
 # clip(a, lo, hi) returns a new array.
 
-CLIP_BOUNDS = ((-5, 5), (-5.5, 5.5), (0, 0), (10, -10), (-1e30, 1e30), (None, 3), (-3, None))
+CLIP_BOUNDS = (
+    (-5, 5),
+    (-5.5, 5.5),
+    (0, 0),
+    (10, -10),
+    (-1e30, 1e30),
+    (None, 3),
+    (-3, None),
+    # A float bound makes an integer clip float: the missing bound is +-inf then,
+    # not the integer dtype's limit.
+    (3e9, None),
+    (None, -3e9),
+    (0.5, None),
+)
 
 
 @pytest.mark.parametrize("bounds", CLIP_BOUNDS, ids=str)
@@ -319,6 +332,15 @@ def test_clip(dtype, n, bounds):
     a = make(dtype, (n,), seed=n)
     got = check_against_numpy(rp.clip, NUMPY_REF["clip"], (a, lo, hi), (a, lo, hi))
     assert not np.shares_memory(got, a)
+
+
+@pytest.mark.parametrize("dtype", INT_DTYPES)
+@pytest.mark.parametrize("side", ("lo", "hi"))
+def test_clip_missing_bound_follows_a_wider_array_bound(dtype, side):
+    a = make(dtype, (17,))
+    bound = np.full(17, 2**40 if side == "lo" else -(2**40), dtype=np.int64)
+    args = (a, bound, None) if side == "lo" else (a, None, bound)
+    check_against_numpy(rp.clip, NUMPY_REF["clip"], args, args)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -681,3 +681,27 @@ def test_forked_child_gets_closed_pools(rp, make_pool):
     assert os.read(read, 64) == b"closed"
     assert status == 0
     assert pool.submit(abs, -2).result(timeout=HANG) == 2  # the parent's pool still works
+
+
+def test_pools_closed_without_waiting_are_not_kept_once_finished(rp, unique_name):
+    """Tenant eviction closes pools with wait=False; once their workers have
+    exited nothing in raptors keeps them alive, however many there were."""
+    import gc
+    import weakref
+
+    from raptors import _pool
+
+    refs = []
+    for _ in range(200):
+        pool = rp.Pool(unique_name(), threads=1, queue=2)
+        assert pool.submit(abs, -1).result(timeout=HANG) == 1
+        pool.close(wait=False)
+        assert pool.join(HANG)
+        refs.append(weakref.ref(pool))
+        del pool
+    last = rp.Pool(unique_name(), threads=1, queue=2)
+    last.close(wait=False)  # prunes every finished pool before it
+    gc.collect()
+    assert sum(ref() is not None for ref in refs) == 0
+    assert len(_pool._unjoined) <= 1
+    assert last.join(HANG)

@@ -118,11 +118,50 @@ def client(request):
         (('{"query": [' + ",".join(["1e39"] * 256) + "]}").encode(), 422),
         (('{"query": [' + ",".join(["1" + "0" * 400] + ["1"] * 255) + "]}").encode(), 422),
         (b" " * 70_000, 413),
+        (b"[" * 30_000 + b"]" * 30_000, 400),
+        (b'{"query": ' + b"[" * 20_000 + b"]" * 20_000 + b"}", 400),
+        (b'{"a": ' * 6_000 + b"1" + b"}" * 6_000, 400),
     ],
 )
 def test_malformed_requests_are_4xx(client, payload, status):
     r = client.post("/score", content=payload, headers={"Content-Type": "application/json"})
     assert r.status_code == status, r.text
+
+
+def test_a_client_gone_mid_body_is_not_an_application_error(client):
+    """The ASGI app answers a disconnect during the body with 499 and raises
+    nothing (a server would log a raised exception as an ERROR traceback)."""
+    import asyncio
+
+    messages = [
+        {"type": "http.request", "body": b'{"query": [1', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent = []
+
+    async def receive():
+        return messages.pop(0)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/score",
+        "raw_path": b"/score",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+    }
+    asyncio.run(client.app(scope, receive, send))
+    starts = [m for m in sent if m["type"] == "http.response.start"]
+    assert [m["status"] for m in starts] == [499]
 
 
 def test_integers_are_accepted(client):

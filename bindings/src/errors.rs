@@ -54,6 +54,7 @@ fn hierarchy(py: Python<'_>) -> &Hierarchy {
         .get_or_try_init(py, || -> PyResult<Hierarchy> {
             let exception = py.get_type::<pyo3::exceptions::PyException>();
             let timeout = py.get_type::<pyo3::exceptions::PyTimeoutError>();
+            let runtime_error = py.get_type::<pyo3::exceptions::PyRuntimeError>();
             let raptors_error = new_class(
                 py,
                 "RaptorsError",
@@ -71,8 +72,9 @@ fn hierarchy(py: Python<'_>) -> &Hierarchy {
             let pool_closed = new_class(
                 py,
                 "PoolClosed",
-                &[&base],
-                "The pool is closed and accepts no new jobs. Attribute: ``pool``.",
+                &[&base, runtime_error.as_any()],
+                "The pool is closed and accepts no new jobs (also a RuntimeError, as \
+                 Executor.submit after shutdown promises). Attribute: ``pool``.",
             )?;
             let deadline_exceeded = new_class(
                 py,

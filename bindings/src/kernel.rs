@@ -3,6 +3,8 @@
 //! way the arguments are bound and checked here, on the caller's thread, so
 //! bad input raises before anything is queued.
 
+use std::panic::{self, AssertUnwindSafe};
+
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyInt, PyTuple};
@@ -126,14 +128,39 @@ impl Kernel {
         )?;
         let mut as_rp_array = false;
         let mut operands = Vec::with_capacity(sig.operands.len());
+        // np.clip takes None for a missing bound: no limit on that side. The
+        // stand-in is chosen once every given operand is known, because it
+        // depends on the result dtype (a float bound on an int array).
+        let mut missing_bounds: SmallVec<[usize; 2]> = SmallVec::new();
         for (position, value) in bound[..sig.operands.len()].iter().enumerate() {
             let value = value.as_ref().expect("required operands are bound");
             let held = match (op, position) {
-                // np.clip takes None for a missing bound: no limit on that side.
-                (Op::Clip, 1 | 2) if value.is_none() => unbounded(&operands[0], position == 1),
+                (Op::Clip, 1 | 2) if value.is_none() => {
+                    missing_bounds.push(position);
+                    HeldOperand::Int(0)
+                }
                 _ => convert::hold(py, value, &mut as_rp_array)?,
             };
             operands.push(held);
+        }
+        if !missing_bounds.is_empty() {
+            let given = || {
+                operands
+                    .iter()
+                    .enumerate()
+                    .filter(|(position, _)| !missing_bounds.contains(position))
+                    .map(|(_, held)| held)
+            };
+            let result = if given().any(is_float) {
+                DType::Float64
+            } else if given().any(|held| held.dtype() == Some(DType::Int64)) {
+                DType::Int64
+            } else {
+                operands[0].dtype().unwrap_or(DType::Int64)
+            };
+            for &position in &missing_bounds {
+                operands[position] = unbounded(result, position == 1);
+            }
         }
         let mut params = Params::default();
         let mut rest = bound[sig.operands.len()..].iter();
@@ -162,22 +189,28 @@ impl Kernel {
     }
 }
 
-/// The bound that never clips an operand like `operand`: the dtype's lowest
-/// (or highest) value for integers, -inf (or +inf) otherwise. Both are weak
-/// Python scalars, so they never change the result dtype.
-fn unbounded(operand: &HeldOperand, lower: bool) -> HeldOperand {
+/// Whether `held` makes a binary result floating point: a float array or a
+/// Python float.
+fn is_float(held: &HeldOperand) -> bool {
+    match held.dtype() {
+        Some(dtype) => matches!(dtype, DType::Float32 | DType::Float64),
+        None => matches!(held, HeldOperand::Float(_)),
+    }
+}
+
+/// The bound that never clips a result of dtype `result` (any float: -inf
+/// or +inf; an integer: its lowest or highest value). Both are weak Python
+/// scalars, so they never change the result dtype.
+fn unbounded(result: DType, lower: bool) -> HeldOperand {
     let integer_bound = |min: i64, max: i64| HeldOperand::Int(if lower { min } else { max });
-    match operand.dtype() {
-        Some(DType::Int32) => integer_bound(i32::MIN.into(), i32::MAX.into()),
-        Some(DType::Int64) => integer_bound(i64::MIN, i64::MAX),
-        Some(DType::Float32 | DType::Float64) | None => match operand {
-            HeldOperand::Int(_) => integer_bound(i64::MIN, i64::MAX),
-            _ => HeldOperand::Float(if lower {
-                f64::NEG_INFINITY
-            } else {
-                f64::INFINITY
-            }),
-        },
+    match result {
+        DType::Float32 | DType::Float64 => HeldOperand::Float(if lower {
+            f64::NEG_INFINITY
+        } else {
+            f64::INFINITY
+        }),
+        DType::Int32 => integer_bound(i32::MIN.into(), i32::MAX.into()),
+        DType::Int64 => integer_bound(i64::MIN, i64::MAX),
     }
 }
 
@@ -264,7 +297,9 @@ fn bind_arguments<'py>(
 #[pymethods]
 impl Kernel {
     /// Computes now, on the calling thread, with the GIL released for inputs
-    /// large enough to be worth it.
+    /// large enough to be worth it. A panic in the kernel is caught here, as a
+    /// worker catches it for a submitted job, and raised as `RaptorsError`:
+    /// it never reaches Python as pyo3's `PanicException` (a `BaseException`).
     #[pyo3(signature = (*args, **kwargs))]
     fn __call__(
         &self,
@@ -272,10 +307,24 @@ impl Kernel {
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<PyObject> {
-        let prepared = self.prepare(py, args, kwargs)?;
+        let panicked = |payload: Box<dyn std::any::Any + Send>| {
+            errors::raptors_error(
+                py,
+                format!(
+                    "kernel {} panicked: {}",
+                    self.name,
+                    raptors_runtime::panic_message(&*payload)
+                ),
+            )
+        };
+        let prepared = panic::catch_unwind(AssertUnwindSafe(|| self.prepare(py, args, kwargs)))
+            .map_err(panicked)??;
         let elements = prepared.elements();
-        let output = gil::release(py, elements, || prepared.run(&Serial));
+        let output = gil::release(py, elements, || {
+            panic::catch_unwind(AssertUnwindSafe(|| prepared.run(&Serial)))
+        });
         output
+            .map_err(panicked)?
             .map_err(|err| errors::kernel_error(py, err))?
             .into_py(py)
     }

@@ -71,6 +71,7 @@ class Pool(PoolCore, concurrent.futures.Executor):  # type: ignore[misc]
             if wait:
                 _unjoined.discard(self)
             else:
+                _forget_finished_pools()
                 _unjoined.add(self)
         if wait and not self._forked:
             self._join(None)
@@ -232,6 +233,14 @@ def _close_all_pools() -> None:
     for pool in closed:
         pool._join(None)
     _raptors._interpreter_exiting()
+
+
+def _forget_finished_pools() -> None:
+    """Drops the pools whose workers have all exited from ``_unjoined`` (called
+    with ``_registry_lock`` held), so the set holds only pools with work left,
+    however many pools a service closes without waiting (tenant eviction)."""
+    finished = [pool for pool in _unjoined if not pool._is_worker_thread() and pool._join(0)]
+    _unjoined.difference_update(finished)
 
 
 def _after_fork_in_child() -> None:

@@ -53,7 +53,7 @@ class QueueFull(RaptorsError):
     pool: str
     capacity: int
 
-class PoolClosed(RaptorsError):
+class PoolClosed(RaptorsError, RuntimeError):
     pool: str
 
 class DeadlineExceeded(RaptorsError, TimeoutError): ...

@@ -55,6 +55,7 @@ try:
     from prometheus_client import CollectorRegistry
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+    from starlette.requests import ClientDisconnect
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(f"{_EXTRA_HINT} ({exc})") from exc
 
@@ -540,6 +541,9 @@ class Raptors:
         app.add_exception_handler(rp.PoolClosed, self._pool_closed)
         app.add_exception_handler(TenantLimitReached, self._tenant_limit)
         app.add_exception_handler(ClientDisconnected, self._disconnected)
+        # A client that goes away while sending its body is normal traffic,
+        # not an application error with a traceback in the log.
+        app.add_exception_handler(ClientDisconnect, self._disconnected)
         if self.metrics_path:
             app.add_api_route(
                 self.metrics_path, self.metrics_response, methods=["GET"], include_in_schema=False

@@ -80,6 +80,8 @@ def parse_query(body: bytes, dim: int = DIM) -> np.ndarray:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("body is not valid JSON", 400) from None
+    except RecursionError:
+        raise BadRequest("body nests too deeply", 400) from None
     if not isinstance(doc, dict) or "query" not in doc:
         raise BadRequest('body must be an object with a "query" list')
     query = doc["query"]

@@ -403,8 +403,8 @@ fn run_callbacks(callbacks: Vec<Callback>) -> usize {
         .sum()
 }
 
-/// Best-effort text of a panic payload.
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+/// Best-effort text of a panic payload (also for panics the bindings catch).
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&'static str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {

@@ -65,7 +65,7 @@ mod worker;
 
 pub use context::JobContext;
 pub use error::{BuildError, SubmitError};
-pub use job::{JobHandle, JobStatus, JobStop, Outcome};
+pub use job::{panic_message, JobHandle, JobStatus, JobStop, Outcome};
 pub use pool::{Pool, PoolConfig, SubmitOptions, ThreadHook};
 pub use stats::PoolStats;
 pub use token::CancelToken;
