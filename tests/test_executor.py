@@ -145,6 +145,39 @@ def test_map_timeout(rp, make_pool, gates):
     assert time.monotonic() - t0 < 5.0
 
 
+def test_map_timeout_cancels_the_job_it_timed_out_on(rp, make_pool, gates):
+    """Executor.map: on a timeout every job not yet done is cancelled, the one
+    whose result timed out included (it is still queued here)."""
+    pool = make_pool(threads=1, queue=8)
+    gate = gates()
+    blocker = pool.submit(gate)
+    gate.wait_entered(1)
+    it = pool.map(abs, [-1, -2, -3], timeout=0.05)
+    with pytest.raises(TimeoutError):
+        next(it)
+    gate.open()
+    assert blocker.result(timeout=HANG) is None
+    s = pool.stats()
+    assert (s.cancelled, s.completed) == (3, 1), s
+
+
+def test_map_does_not_keep_the_last_result_alive(rp, make_pool):
+    """CPython's test_free_reference: while the caller holds nothing, the
+    suspended iterator holds no reference to the result it yielded."""
+    import gc
+    import weakref
+
+    class Result:
+        pass
+
+    pool = make_pool(threads=1, queue=8)
+    it = pool.map(lambda _: Result(), range(2))
+    ref = weakref.ref(next(it))
+    gc.collect()
+    assert ref() is None
+    assert isinstance(next(it), Result)
+
+
 def test_map_exception_raised_at_its_position(rp, make_pool):
     pool = make_pool(threads=1, queue=8)
     it = pool.map(lambda x: 10 // x, [5, 2, 0, 1])
@@ -452,3 +485,21 @@ def test_run_until_complete(rp, make_pool, set_current):
     pool = make_pool(threads=1)
     out = _run_until_complete_in_thread(pool, set_current)
     assert out == ["ruc"], f"run_until_complete(job) gave {out!r}"
+
+
+def test_a_pool_is_the_event_loops_default_executor(rp, unique_name):
+    """`loop.set_default_executor(pool)`: asyncio.to_thread and
+    run_in_executor(None, ...) run on the pool's workers, and the loop's
+    shutdown of its default executor closes the pool."""
+    pool = rp.Pool(unique_name(), threads=1, queue=8)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(pool)
+        a = await asyncio.to_thread(lambda: pool._is_worker_thread())
+        b = await loop.run_in_executor(None, pool._is_worker_thread)
+        return a, b
+
+    assert asyncio.run(main()) == (True, True)  # asyncio.run shuts the executor down
+    assert pool.closed
+    assert pool.stats().completed == 2

@@ -22,6 +22,7 @@ from raptors.fastapi import (
     Batcher,
     PoolConfig,
     Raptors,
+    TenantLimitReached,
     TenantTemplate,
     retry_after_seconds,
 )
@@ -285,6 +286,33 @@ def test_busy_tenant_is_not_evicted():
         gate.set()
         jobs[0].result(timeout=5)
         assert client.post("/tenant", headers={"X-Tenant": "busy"}).status_code == 200
+
+
+async def test_a_tenant_with_items_waiting_in_a_batcher_is_not_evicted():
+    """Its own queue is empty, but requests for it wait in the Batcher for a
+    slot of the shared budget: evicting it would fail them with PoolClosed."""
+    rx, app = tenant_app(threads=1, queue=4, idle_timeout=0.01, max_tenants=2, overflow="reject")
+    gate = threading.Event()
+    batcher = rx.batcher(
+        "b", Batcher(lambda items: [gate.wait(HANG) and x for x in items], max_total_inflight=1)
+    )
+    async with rx.lifespan(app):
+        noisy, quiet = rx.tenants.get("noisy"), rx.tenants.get("quiet")
+        first = batcher.submit(noisy, "n")  # takes the only slot
+        wait_until(lambda: noisy.stats().running == 1)
+        second = batcher.submit(quiet, "q")  # waits in the batcher
+        assert quiet.stats().queued == quiet.stats().running == 0
+        assert batcher.holds(quiet) and batcher.holds(noisy)
+        await asyncio.sleep(0.03)  # past idle_timeout: only the batcher's item keeps quiet in use
+        rx.tenants.sweep()
+        with pytest.raises(TenantLimitReached):
+            rx.tenants.get("third")  # neither tenant may be evicted for it
+        assert not quiet.closed and not noisy.closed
+        gate.set()
+        assert await asyncio.wait_for(asyncio.gather(first, second), HANG) == ["n", "q"]
+        assert not batcher.holds(quiet)
+        rx.tenants.sweep()
+        wait_until(lambda: quiet.closed)  # idle now, and evicted
 
 
 async def test_disconnect_before_start_cancels_the_job():

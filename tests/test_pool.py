@@ -705,3 +705,75 @@ def test_pools_closed_without_waiting_are_not_kept_once_finished(rp, unique_name
     assert sum(ref() is not None for ref in refs) == 0
     assert len(_pool._unjoined) <= 1
     assert last.join(HANG)
+
+
+def _wait_child(pid, timeout=HANG):
+    """waitpid with a bound: a child that hangs is killed and reported."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"forked child {pid} hung")
+        time.sleep(0.005)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_fork_while_busy_never_hangs_the_child_and_deadlines_work_there(rp, unique_name):
+    """Forks land while workers hold their pool's lock and the timer thread
+    holds its own: the child must close the inherited pools without taking
+    those locks, and its new pools must expire deadlines (a timer of its own)."""
+    import warnings
+
+    busy = rp.Pool(unique_name("busy"), threads=2, queue=64)
+    stop = threading.Event()
+
+    def churn():
+        while not stop.is_set():
+            jobs = []
+            for _ in range(32):
+                try:
+                    jobs.append(busy.submit(abs, -1, timeout=0.5))
+                except rp.QueueFull:
+                    break
+            for job in jobs:
+                job.result(timeout=HANG)
+
+    feeder = threading.Thread(target=churn)
+    feeder.start()
+    try:
+        for _ in range(60):
+            with warnings.catch_warnings():
+                # Forking a process with threads: what this test is about.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    try:
+                        busy.submit(abs, -1)
+                    except rp.PoolClosed:
+                        pass
+                    else:
+                        raise AssertionError("an inherited pool accepted a job")
+                    busy.stats()
+                    fresh = rp.Pool("child-fresh", threads=1, queue=4)
+                    gate = threading.Event()
+                    fresh.submit(gate.wait, HANG)
+                    late = fresh.submit(abs, -1, timeout=0.01)
+                    try:
+                        late.result(timeout=HANG)
+                    except rp.DeadlineExceeded:
+                        code = 0
+                    gate.set()
+                    fresh.close()
+                finally:
+                    os._exit(code)
+            assert _wait_child(pid) == 0
+    finally:
+        stop.set()
+        feeder.join(HANG)
+        busy.close()

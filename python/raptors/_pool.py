@@ -32,7 +32,11 @@ _DEFAULT_NAME = "default"
 
 # PoolCore.submit returns a Job: a Future by behaviour (asyncio and
 # concurrent.futures accept it), not by inheritance, which mypy cannot see.
-class Pool(PoolCore, concurrent.futures.Executor):  # type: ignore[misc]
+# ThreadPoolExecutor is a base only so that asyncio's
+# `loop.set_default_executor(pool)` (which checks the type) accepts a pool:
+# every method an executor has is this class's own, and ThreadPoolExecutor's
+# __init__ never runs, so it starts no thread of its own.
+class Pool(PoolCore, concurrent.futures.ThreadPoolExecutor):  # type: ignore[misc]
     """A named pool of native worker threads with a bounded priority queue.
 
     ``Pool(name, threads=None, queue=1024, *, nice=5)``: ``threads`` workers
@@ -125,11 +129,12 @@ class Pool(PoolCore, concurrent.futures.Executor):  # type: ignore[misc]
             try:
                 jobs.reverse()
                 while jobs:
-                    job = jobs.pop()
+                    # No local keeps the job (or its result) alive while the
+                    # caller holds the yielded value.
                     if deadline is None:
-                        yield job.result()
+                        yield _result_or_cancel(jobs.pop(), None)
                     else:
-                        yield job.result(max(0.0, deadline - time.monotonic()))
+                        yield _result_or_cancel(jobs.pop(), max(0.0, deadline - time.monotonic()))
             finally:
                 for job in jobs:
                     job.cancel()
@@ -233,6 +238,15 @@ def _close_all_pools() -> None:
     for pool in closed:
         pool._join(None)
     _raptors._interpreter_exiting()
+
+
+def _result_or_cancel(job: Job, timeout: float | None) -> Any:
+    """``job.result(timeout)``; a job still waiting when that times out (or the
+    caller is interrupted) is cancelled, as ``Executor.map`` promises."""
+    try:
+        return job.result(timeout)
+    finally:
+        job.cancel()  # a no-op for a job that ended or runs
 
 
 def _forget_finished_pools() -> None:

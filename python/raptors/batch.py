@@ -130,6 +130,13 @@ class Batcher:
         """Items waiting for a batch, over every pool."""
         return sum(self._pending.values())
 
+    def holds(self, pool: rp.Pool) -> bool:
+        """Whether items for ``pool`` wait here or its batch jobs are in flight:
+        such a pool is in use even while its own queue is empty."""
+        if id(pool) in self._pending:
+            return True
+        return any(lane.pool is pool and lane.inflight for lane in list(self._lanes.values()))
+
     def stats(self) -> dict[str, int]:
         """Counters for monitoring: batches and items submitted, items waiting,
         batch jobs in flight, items refused (queue full) and expired."""

@@ -165,8 +165,15 @@ class TenantPools:
     endpoints may call ``get`` from FastAPI's thread pool.
     """
 
-    def __init__(self, template: TenantTemplate | Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        template: TenantTemplate | Mapping[str, Any] | None = None,
+        in_use: Callable[[rp.Pool], bool] | None = None,
+    ) -> None:
         self.template = TenantTemplate.coerce(template or {})
+        # Work for a pool that it does not hold yet (items waiting in a
+        # Batcher): a pool with such work is not idle, whatever its stats say.
+        self._in_use = in_use
         self._lock = threading.Lock()
         self._tenants: dict[str, _Tenant] = {}
         self._overflow: rp.Pool | None = None
@@ -236,15 +243,16 @@ class TenantPools:
         self._overflow_tenants.add(tenant)
         return self._overflow
 
-    @staticmethod
-    def _idle(pool: rp.Pool) -> bool:
+    def _idle(self, pool: rp.Pool) -> bool:
         st = pool.stats()
-        return st.queued == 0 and st.running == 0
+        if st.queued or st.running:
+            return False
+        return self._in_use is None or not self._in_use(pool)
 
     def _evict_locked(self, tenant: str) -> None:
         entry = self._tenants.pop(tenant)
-        # Nothing is queued or running, so a non-blocking close loses nothing
-        # and keeps the event loop free.
+        # Nothing is queued, running or waiting to be submitted, so a
+        # non-blocking close loses nothing and keeps the event loop free.
         entry.pool.close(wait=False)
         self.evicted += 1
 
@@ -384,7 +392,7 @@ class Raptors:
         if len(set(names)) != len(names):
             raise ValueError(f"pool names must be unique: {names}")
         self.configs = configs
-        self.tenants = TenantPools(tenants) if tenants is not None else None
+        self.tenants = TenantPools(tenants, self._in_use) if tenants is not None else None
         self.default_timeout = default_timeout
         if disconnect_grace < 0:
             raise ValueError("disconnect_grace must be >= 0")
@@ -401,7 +409,7 @@ class Raptors:
     def open(self) -> None:
         """Create the configured pools (the lifespan calls this)."""
         if self.tenants is not None and self.tenants._closed:
-            self.tenants = TenantPools(self.tenants.template)
+            self.tenants = TenantPools(self.tenants.template, self._in_use)
         try:
             for cfg in self.configs:
                 self._pools[cfg.name] = rp.Pool(
@@ -465,6 +473,10 @@ class Raptors:
             raise ValueError(f"a batcher named {name!r} is already registered")
         self.batchers[name] = batcher
         return batcher
+
+    def _in_use(self, pool: rp.Pool) -> bool:
+        """Whether a registered batcher holds work for ``pool``."""
+        return any(batcher.holds(pool) for batcher in self.batchers.values())
 
     def all_pools(self) -> dict[str, rp.Pool]:
         """Every pool this app owns, by pool name."""

@@ -26,6 +26,8 @@
 //!   over this pool's threads only. Idle workers spin briefly (one at a
 //!   time), then park; they help with a running job's rayon work while
 //!   spinning and when woken by [`JobContext::wake_helpers`].
+//! * **Fork.** A forked child never takes a lock inherited from its parent:
+//!   inherited pools are closed there, new pools work (see `fork.rs`).
 //! * **Panics** in jobs become [`Outcome::Panicked`]; panics in completion
 //!   callbacks are caught and counted. Workers survive both.
 //!
@@ -50,6 +52,7 @@
 
 mod context;
 mod error;
+mod fork;
 mod job;
 #[cfg(loom)]
 #[doc(hidden)]

@@ -22,6 +22,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::context::JobContext;
 use crate::error::{BuildError, SubmitError};
+use crate::fork;
 use crate::job::{JobHandle, JobStatus, JobStop};
 use crate::queue::{Queue, QueueKey};
 use crate::stats::{Gauges, PoolStats, Stats};
@@ -153,6 +154,7 @@ impl Pool {
     /// Starts `config.threads` workers (they park until work arrives).
     pub fn new(config: PoolConfig) -> Result<Pool, BuildError> {
         config.validate()?;
+        fork::watch();
         let timer = timer::global().map_err(|e| BuildError::Spawn(e.to_string()))?;
         let exits = Arc::new(ExitCount::default());
         let shared = Arc::new(Shared {
@@ -165,6 +167,7 @@ impl Pool {
             rayon: Mutex::new(None),
             exits: Arc::clone(&exits),
             timer,
+            epoch: fork::epoch(),
             help_wanted: AtomicUsize::new(0),
         });
         let rayon = build_rayon(&config, exits)?;
@@ -197,7 +200,8 @@ impl Pool {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.shared().state.lock().closed
+        let shared = self.shared();
+        shared.inherited() || shared.state.lock().closed
     }
 
     /// Queues `f`, or starts it at once on an idle worker. Never blocks on
@@ -211,6 +215,11 @@ impl Pool {
         E: Send + 'static,
     {
         let shared = self.shared();
+        if shared.inherited() {
+            return Err(SubmitError::Closed {
+                pool: shared.name.clone(),
+            });
+        }
         let now = Instant::now();
         let id = NEXT_JOB_ID.fetch_add(1, Ordering::Relaxed);
         let SubmitOptions {
@@ -292,6 +301,9 @@ impl Pool {
     /// has room in its queue. Only a hint when others submit too; used to
     /// wait for room without counting refused submits.
     pub fn has_room(&self) -> bool {
+        if self.shared().inherited() {
+            return false;
+        }
         let state = self.shared().state.lock();
         !state.closed && state.queue.has_room(state.takers())
     }
@@ -316,6 +328,9 @@ impl Pool {
     /// returns false at once, as that can never happen.
     pub fn join(&self, timeout: Option<Duration>) -> bool {
         let shared = self.shared();
+        if shared.inherited() {
+            return true; // its threads do not exist in this process
+        }
         let on_own_worker = WORKER_OF.with(|w| w.get() == Arc::as_ptr(shared) as usize);
         if on_own_worker {
             return false;
@@ -393,6 +408,9 @@ pub(crate) struct Shared {
     rayon: Mutex<Option<rayon::ThreadPool>>,
     exits: Arc<ExitCount>,
     timer: &'static Timer,
+    /// The fork epoch this pool was made in: in a later one (a forked
+    /// child) its threads and lock holders are gone, see `fork.rs`.
+    epoch: u64,
     /// Running jobs that called `wake_helpers`: while non-zero, idle workers
     /// look for rayon work instead of parking.
     help_wanted: AtomicUsize,
@@ -500,9 +518,22 @@ impl Shared {
         self.state.lock()
     }
 
+    /// Whether this pool came from the parent of a forked child (`fork.rs`).
+    pub(crate) fn inherited(&self) -> bool {
+        self.epoch != fork::epoch()
+    }
+
     fn stats(&self) -> PoolStats {
         let now = Instant::now();
-        let state = self.state.lock();
+        let state = if self.inherited() {
+            // A lock held at the fork is held for ever here.
+            match self.state.try_lock() {
+                Some(state) => state,
+                None => return self.zero_stats(now),
+            }
+        } else {
+            self.state.lock()
+        };
         let capture = state.stats.capture(
             now,
             self.threads,
@@ -519,9 +550,23 @@ impl Shared {
         capture.finish(gauges)
     }
 
+    fn zero_stats(&self, now: Instant) -> PoolStats {
+        let capture = Stats::new(now).capture(now, self.threads, std::iter::empty());
+        capture.finish(Gauges {
+            name: &self.name,
+            threads: self.threads,
+            queue_capacity: self.capacity,
+            queued: 0,
+            running: 0,
+        })
+    }
+
     /// Removes the queued job `key` and claims it for `status` (counted).
     /// `None` if it is not queued (started, ended, or never enqueued).
     pub(crate) fn remove_queued(&self, key: &QueueKey, status: JobStatus) -> Option<Arc<dyn Task>> {
+        if self.inherited() {
+            return None; // in a forked child nothing inherited leaves a queue
+        }
         let mut state = self.state.lock();
         let task = state.queue.remove(key)?;
         let claimed = task.try_claim(status);
@@ -595,6 +640,9 @@ impl Shared {
     }
 
     fn close(&self, cancel_pending: bool) {
+        if self.inherited() {
+            return; // closed by the fork; its lock may be held for ever
+        }
         let (cancelled, woken, rayon) = {
             let mut state = self.state.lock();
             let cancelled = if cancel_pending {

@@ -1,6 +1,7 @@
 //! Deadlines: one process-wide thread ("raptors-timer") expires queued jobs
 //! at their deadline, so waiters learn promptly even while every worker is
-//! busy.
+//! busy. A forked child gets a timer (and thread) of its own on first use,
+//! see `fork.rs`.
 //!
 //! Invariants: an entry exists only while its job may still be queued
 //! (workers and cancellers remove it when the job leaves the queue), so
@@ -11,18 +12,20 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Weak;
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
+use crate::fork;
 use crate::pool::Shared;
 use crate::queue::QueueKey;
 
 pub(crate) struct Timer {
     entries: Mutex<Entries>,
     changed: Condvar,
-    started: Mutex<bool>,
 }
 
 struct Entries {
@@ -45,25 +48,63 @@ struct Entry {
     key: QueueKey,
 }
 
-static TIMER: Timer = Timer {
-    entries: Mutex::new(Entries {
-        due: BTreeMap::new(),
-        thread: ThreadState::Awake,
-    }),
-    changed: Condvar::new(),
-    started: Mutex::new(false),
-};
+/// The timer of the current fork epoch, with its epoch (null: none yet).
+/// A forked child has no timer thread and may find the parent's timer lock
+/// held, so it makes a timer of its own (the parent's is leaked: its memory
+/// may be locked by a thread that does not exist here).
+static CURRENT: AtomicPtr<EpochTimer> = AtomicPtr::new(ptr::null_mut());
 
-/// The process-wide timer, its thread started on first use.
+struct EpochTimer {
+    epoch: u64,
+    timer: Timer,
+}
+
+/// The process-wide timer of this fork epoch, its thread started on first use.
 pub(crate) fn global() -> io::Result<&'static Timer> {
-    let mut started = TIMER.started.lock();
-    if !*started {
-        std::thread::Builder::new()
-            .name("raptors-timer".to_owned())
-            .spawn(|| TIMER.run())?;
-        *started = true;
+    let epoch = fork::epoch();
+    loop {
+        let current = CURRENT.load(Ordering::Acquire);
+        // SAFETY: a published EpochTimer is leaked, never freed.
+        if let Some(current) = unsafe { current.as_ref() } {
+            if current.epoch == epoch {
+                return Ok(&current.timer);
+            }
+        }
+        let fresh: &'static EpochTimer = Box::leak(Box::new(EpochTimer {
+            epoch,
+            timer: Timer {
+                entries: Mutex::new(Entries {
+                    due: BTreeMap::new(),
+                    thread: ThreadState::Awake,
+                }),
+                changed: Condvar::new(),
+            },
+        }));
+        let fresh_ptr = fresh as *const EpochTimer as *mut EpochTimer;
+        match CURRENT.compare_exchange(current, fresh_ptr, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                let spawned = std::thread::Builder::new()
+                    .name("raptors-timer".to_owned())
+                    .spawn(move || fresh.timer.run());
+                if let Err(err) = spawned {
+                    // Unpublish, so the next pool tries again; no pool holds it.
+                    let _ = CURRENT.compare_exchange(
+                        fresh_ptr,
+                        current,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                    return Err(err);
+                }
+                return Ok(&fresh.timer);
+            }
+            Err(_) => {
+                // Another thread published first.
+                // SAFETY: `fresh` was never shared: no thread runs it, no pool holds it.
+                drop(unsafe { Box::from_raw(fresh_ptr) });
+            }
+        }
     }
-    Ok(&TIMER)
 }
 
 impl Timer {
