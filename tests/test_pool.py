@@ -746,6 +746,7 @@ def test_fork_while_busy_never_hangs_the_child_and_deadlines_work_there(rp, uniq
     feeder.start()
     try:
         for _ in range(60):
+            report_read, report_write = os.pipe()
             with warnings.catch_warnings():
                 # Forking a process with threads: what this test is about.
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -753,6 +754,7 @@ def test_fork_while_busy_never_hangs_the_child_and_deadlines_work_there(rp, uniq
             if pid == 0:
                 code = 1
                 try:
+                    os.close(report_read)
                     try:
                         busy.submit(abs, -1)
                     except rp.PoolClosed:
@@ -764,16 +766,47 @@ def test_fork_while_busy_never_hangs_the_child_and_deadlines_work_there(rp, uniq
                     gate = threading.Event()
                     fresh.submit(gate.wait, HANG)
                     late = fresh.submit(abs, -1, timeout=0.01)
-                    try:
+                    with pytest.raises(rp.DeadlineExceeded):
                         late.result(timeout=HANG)
-                    except rp.DeadlineExceeded:
-                        code = 0
                     gate.set()
                     fresh.close()
+                    code = 0
+                except BaseException:  # noqa: BLE001 - every failure reaches the parent
+                    import traceback
+
+                    os.write(report_write, traceback.format_exc().encode())
                 finally:
                     os._exit(code)
-            assert _wait_child(pid) == 0
+            os.close(report_write)
+            status = _wait_child(pid)
+            with os.fdopen(report_read, "rb") as report:
+                assert status == 0, report.read().decode()
     finally:
         stop.set()
         feeder.join(HANG)
         busy.close()
+
+
+def _child_uses_raptors():
+    import raptors as rp
+
+    assert rp.submit(abs, -2).result(timeout=HANG) == 2  # the child's default pool
+    pool = rp.Pool("mp-child", threads=1, queue=2)
+    assert pool.submit(abs, -3, timeout=HANG).result(timeout=HANG) == 3
+    pool.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_multiprocessing_fork_children_use_raptors(rp, make_pool):
+    import multiprocessing
+
+    pool = make_pool(threads=2)
+    pool.submit(abs, -1).result(timeout=HANG)
+    rp.submit(abs, -1).result(timeout=HANG)  # the parent's default pool exists
+    ctx = multiprocessing.get_context("fork")
+    children = [ctx.Process(target=_child_uses_raptors) for _ in range(4)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(HANG)
+        assert child.exitcode == 0
