@@ -7,6 +7,7 @@
 //! ├── PoolClosed           .pool
 //! └── DeadlineExceeded     also a TimeoutError
 //! JobCancelled(concurrent.futures.CancelledError, asyncio.CancelledError)
+//! OversubscriptionWarning(RuntimeWarning)
 //! ```
 //!
 //! `JobCancelled` is what a cancelled job raises. It derives from both
@@ -28,6 +29,7 @@ struct Hierarchy {
     pool_closed: Py<PyType>,
     deadline_exceeded: Py<PyType>,
     job_cancelled: Py<PyType>,
+    oversubscription: Py<PyType>,
 }
 
 static HIERARCHY: GILOnceCell<Hierarchy> = GILOnceCell::new();
@@ -93,7 +95,17 @@ fn hierarchy(py: Python<'_>) -> &Hierarchy {
                 "The job was cancelled. It is both a concurrent.futures.CancelledError and an \
                  asyncio.CancelledError.",
             )?;
+            let runtime_warning = py.get_type::<pyo3::exceptions::PyRuntimeWarning>();
+            let oversubscription = new_class(
+                py,
+                "OversubscriptionWarning",
+                &[runtime_warning.as_any()],
+                "The native worker threads of the open pools and budgets exceed the usable \
+                 cores: they compete for them through the OS scheduler instead of sharing a \
+                 budget. Emitted once per process.",
+            )?;
             Ok(Hierarchy {
+                oversubscription,
                 raptors_error,
                 queue_full,
                 pool_closed,
@@ -113,6 +125,7 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("PoolClosed", h.pool_closed.bind(py))?;
     module.add("DeadlineExceeded", h.deadline_exceeded.bind(py))?;
     module.add("JobCancelled", h.job_cancelled.bind(py))?;
+    module.add("OversubscriptionWarning", h.oversubscription.bind(py))?;
     Ok(())
 }
 

@@ -106,9 +106,9 @@ pub fn with_gil_here<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> R {
     }
 }
 
-/// Marks the calling thread as a worker of pool `pool_id`.
-pub fn worker_started(pool_id: u64) {
-    WORKER_OF.with(|w| w.set(pool_id));
+/// Marks the calling thread as a worker of the budget `threads_id`.
+pub fn worker_started(threads_id: u64) {
+    WORKER_OF.with(|w| w.set(threads_id));
 }
 
 /// Releases the thread state [`with_gil_on_worker`] kept, if any.
@@ -127,7 +127,7 @@ pub fn worker_stopping() {
     }
 }
 
-/// Whether the calling thread is a worker of pool `pool_id`.
-pub fn is_worker_of(pool_id: u64) -> bool {
-    WORKER_OF.with(|w| w.get() == pool_id)
+/// Whether the calling thread is a worker of the budget `threads_id`.
+pub fn is_worker_of(threads_id: u64) -> bool {
+    WORKER_OF.with(|w| w.get() == threads_id)
 }

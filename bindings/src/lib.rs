@@ -1,6 +1,8 @@
 //! `raptors._raptors`: the only place Raptors touches Python.
 //!
 //! - [`pool`]: `PoolCore`, the native half of `rp.Pool` (submit, stats, close).
+//! - [`budget`]: `BudgetCore` and `rp.BudgetStats`, threads shared by pools,
+//!   and how every worker thread is set up.
 //! - [`job`]: `rp.Job`, a `concurrent.futures`-compatible, awaitable handle.
 //! - [`hub`]: per-event-loop completion delivery, batched.
 //! - [`task`]: what a job runs (kernel or Python callable) and ends with.
@@ -12,6 +14,7 @@
 //! - [`timeout`]: the one parser of every `timeout=` argument.
 
 mod array;
+mod budget;
 mod convert;
 mod errors;
 mod gil;
@@ -40,6 +43,8 @@ fn _interpreter_exiting() {
 #[pymodule]
 fn _raptors(module: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(module)?;
+    module.add_class::<budget::BudgetCore>()?;
+    module.add_class::<budget::BudgetStats>()?;
     module.add_class::<pool::PoolCore>()?;
     module.add_class::<job::Job>()?;
     module.add_class::<job::JobAwait>()?;
@@ -50,6 +55,7 @@ fn _raptors(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<array::Array>()?;
     kernel::register(module)?;
     module.add_function(wrap_pyfunction!(_interpreter_exiting, module)?)?;
+    module.add_function(wrap_pyfunction!(budget::_usable_cores, module)?)?;
     module.add_function(wrap_pyfunction!(timeout::_timeout_seconds, module)?)?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -2,14 +2,14 @@
 //! `concurrent.futures.Executor` surface, the name registry and context
 //! managers; everything on the hot path (`submit`) is here.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyInt, PyString, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyTuple};
 use raptors_runtime::{Pool, PoolConfig, SubmitOptions};
 
+use crate::budget::{self, BudgetCore, WorkerThreads};
 use crate::errors;
 use crate::gil;
 use crate::job::Job;
@@ -19,136 +19,92 @@ use crate::task;
 use crate::timeout::Timeout;
 use crate::token::CancelToken;
 
-static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
-
 #[pyclass(subclass, frozen, module = "raptors._raptors")]
 pub struct PoolCore {
     pool: Pool,
     name: Arc<str>,
-    id: u64,
+    /// Identifies the worker threads that run the pool's jobs (its budget's).
+    threads_id: u64,
     nice: i32,
 }
 
-/// An `int` argument that is not a `bool`, with errors naming the argument.
-fn int_argument(value: &Bound<'_, PyAny>, argument: &str) -> PyResult<i64> {
-    if value.is_instance_of::<PyBool>() || !value.is_instance_of::<PyInt>() {
+/// `weight=`: a finite `int` or `float` > 0 (`bool` is not a number here).
+fn weight_argument(weight: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
+    let Some(weight) = weight.filter(|w| !w.is_none()) else {
+        return Ok(1.0);
+    };
+    if weight.is_instance_of::<PyBool>()
+        || !(weight.is_instance_of::<PyInt>() || weight.is_instance_of::<PyFloat>())
+    {
         return Err(PyTypeError::new_err(format!(
-            "{argument} must be an int, not {}",
-            value.get_type().name()?
+            "weight must be an int or a float, not {}",
+            weight.get_type().name()?
         )));
     }
-    value
-        .extract::<i64>()
-        .map_err(|_| PyValueError::new_err(format!("{argument} is out of range")))
-}
-
-fn positive(value: i64, argument: &str) -> PyResult<usize> {
-    if value < 1 {
+    let value: f64 = weight
+        .extract()
+        .map_err(|_| PyValueError::new_err("weight is out of range"))?;
+    if !(value.is_finite() && value > 0.0) {
         return Err(PyValueError::new_err(format!(
-            "{argument} must be >= 1, got {value}"
+            "weight must be a finite number > 0, got {}",
+            weight.repr()?
         )));
     }
-    usize::try_from(value).map_err(|_| PyValueError::new_err(format!("{argument} is out of range")))
-}
-
-/// `threads=None`: `RAPTORS_THREADS` when set, else the usable cores.
-fn default_threads() -> PyResult<usize> {
-    match std::env::var("RAPTORS_THREADS") {
-        Ok(text) => match text.trim().parse::<i64>() {
-            Ok(n) => positive(n, "RAPTORS_THREADS"),
-            Err(_) => Err(PyValueError::new_err(format!(
-                "RAPTORS_THREADS must be an integer >= 1, got {text:?}"
-            ))),
-        },
-        Err(_) => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
-    }
-}
-
-/// Workers run this much "nicer" than the threads that submit to them, so
-/// that an event loop sharing the cores with a saturated pool is scheduled
-/// first when it wakes (measured: heartbeat p99 4 ms -> 0.6-1.4 ms on two
-/// saturated cores, same throughput). `nice=0` keeps the caller's priority.
-const DEFAULT_NICE: i32 = 5;
-
-/// Lowers the calling thread's scheduling priority by `nice` steps (Linux:
-/// niceness is per thread). Failure only means the pool runs at normal
-/// priority, so it is not an error.
-fn lower_thread_priority(nice: i32) {
-    #[cfg(target_os = "linux")]
-    if nice > 0 {
-        // SAFETY: plain syscalls on the calling thread.
-        unsafe {
-            let tid = libc::gettid();
-            let current = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
-            libc::setpriority(
-                libc::PRIO_PROCESS,
-                tid as libc::id_t,
-                (current + nice).min(19),
-            );
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = nice;
+    Ok(value)
 }
 
 #[pymethods]
 impl PoolCore {
     #[new]
-    #[pyo3(signature = (name, threads=None, queue=None, *, nice=None))]
+    #[pyo3(signature = (name, threads=None, queue=None, *, nice=None, budget=None, weight=None))]
     fn new(
         name: &Bound<'_, PyAny>,
         threads: Option<&Bound<'_, PyAny>>,
         queue: Option<&Bound<'_, PyAny>>,
         nice: Option<&Bound<'_, PyAny>>,
+        budget: Option<&Bound<'_, PyAny>>,
+        weight: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let name: String = name
-            .downcast::<PyString>()
-            .map_err(|_| {
-                PyTypeError::new_err(format!(
-                    "name must be a str, not {}",
-                    name.get_type()
-                        .name()
-                        .map(|n| n.to_string())
-                        .unwrap_or_default()
-                ))
-            })?
-            .to_str()?
-            .to_owned();
-        if name.is_empty() {
-            return Err(PyValueError::new_err("name must be a non-empty string"));
-        }
-        let threads = match threads.filter(|t| !t.is_none()) {
-            Some(t) => positive(int_argument(t, "threads")?, "threads")?,
-            None => default_threads()?,
-        };
+        let name = budget::name_argument(name)?;
+        let threads = budget::threads_argument(threads)?;
         let queue = match queue.filter(|q| !q.is_none()) {
-            Some(q) => positive(int_argument(q, "queue")?, "queue")?,
+            Some(q) => budget::positive(budget::int_argument(q, "queue")?, "queue")?,
             None => 1024,
         };
-        let nice = match nice.filter(|n| !n.is_none()) {
-            Some(n) => {
-                let n = int_argument(n, "nice")?;
-                if !(0..=19).contains(&n) {
-                    return Err(PyValueError::new_err(format!(
-                        "nice must be between 0 and 19 (workers may only lower their priority), got {n}"
-                    )));
+        let weight = weight_argument(weight)?;
+        let build_error = |err: raptors_runtime::BuildError| PyValueError::new_err(err.to_string());
+        let (pool, threads_id, nice) = match budget.filter(|b| !b.is_none()) {
+            Some(budget) => {
+                let budget = budget.downcast::<BudgetCore>().map_err(|_| {
+                    PyTypeError::new_err("budget must be an rp.Budget or an open budget's name")
+                })?;
+                let budget = budget.get();
+                if nice.is_some_and(|n| !n.is_none()) {
+                    return Err(PyValueError::new_err(
+                        "nice applies to a pool's own threads: set it on the budget",
+                    ));
                 }
-                n as i32
+                let runtime_budget = budget.runtime_budget();
+                let cap = threads.unwrap_or(runtime_budget.threads());
+                let config =
+                    PoolConfig::new(name.clone(), cap, queue).on_budget(runtime_budget, weight);
+                let pool = Pool::new(config).map_err(build_error)?;
+                (pool, budget.threads_id(), budget.nice_steps())
             }
-            None => DEFAULT_NICE,
+            None => {
+                let workers = WorkerThreads::new(threads, nice)?;
+                let (start, stop) = workers.hooks();
+                let mut config = PoolConfig::new(name.clone(), workers.threads, queue);
+                config.on_thread_start = Some(start);
+                config.on_thread_stop = Some(stop);
+                let pool = Pool::new(config).map_err(build_error)?;
+                (pool, workers.id, workers.nice)
+            }
         };
-        let id = NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed);
-        let mut config = PoolConfig::new(name.clone(), threads, queue);
-        config.on_thread_start = Some(Arc::new(move |_index| {
-            gil::worker_started(id);
-            lower_thread_priority(nice);
-        }));
-        config.on_thread_stop = Some(Arc::new(|_index| gil::worker_stopping()));
-        let pool = Pool::new(config).map_err(|err| PyValueError::new_err(err.to_string()))?;
         Ok(PoolCore {
             pool,
             name: name.into(),
-            id,
+            threads_id,
             nice,
         })
     }
@@ -194,7 +150,7 @@ impl PoolCore {
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<Job>> {
         let priority = match priority {
-            Some(p) => int_argument(p, "priority")?,
+            Some(p) => budget::int_argument(p, "priority")?,
             None => 0,
         };
         let token = match token.filter(|t| !t.is_none()) {
@@ -249,7 +205,7 @@ impl PoolCore {
     /// and every worker exited. True if so before `timeout`.
     #[pyo3(signature = (timeout=None))]
     fn _join(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
-        if gil::is_worker_of(self.id) {
+        if gil::is_worker_of(self.threads_id) {
             return Err(PyRuntimeError::new_err(format!(
                 "a job cannot wait for its own pool '{}' to finish: it would wait for itself",
                 self.name
@@ -265,8 +221,14 @@ impl PoolCore {
         self.pool.has_room()
     }
 
-    /// Whether the calling thread is one of this pool's workers.
+    /// Whether the pool runs on a budget of its own threads.
+    #[getter]
+    fn _has_own_threads(&self) -> bool {
+        self.pool.has_private_budget()
+    }
+
+    /// Whether the calling thread is one of the workers of this pool's budget.
     fn _is_worker_thread(&self) -> bool {
-        gil::is_worker_of(self.id)
+        gil::is_worker_of(self.threads_id)
     }
 }

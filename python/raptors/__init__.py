@@ -12,14 +12,17 @@ See docs/guide.md for pools, priorities, cancellation, deadlines and stats.
 from __future__ import annotations
 
 from ._array import arange, array, asarray, ones, zeros
+from ._budget import Budget, budgets, get_budget
 from ._pool import Pool, default_pool, get_pool, pools, stats, submit
 from ._raptors import (
     Array,
+    BudgetStats,
     CancelToken,
     DeadlineExceeded,
     Job,
     JobCancelled,
     Kernel,
+    OversubscriptionWarning,
     PoolClosed,
     PoolStats,
     QueueFull,
@@ -47,11 +50,14 @@ from ._raptors import (
 
 __all__ = [
     "Array",
+    "Budget",
+    "BudgetStats",
     "CancelToken",
     "DeadlineExceeded",
     "Job",
     "JobCancelled",
     "Kernel",
+    "OversubscriptionWarning",
     "Pool",
     "PoolClosed",
     "PoolStats",
@@ -64,12 +70,14 @@ __all__ = [
     "argmin",
     "array",
     "asarray",
+    "budgets",
     "clip",
     "cosine_similarity",
     "cosine_topk",
     "default_pool",
     "divide",
     "dot",
+    "get_budget",
     "get_pool",
     "matmul",
     "max",

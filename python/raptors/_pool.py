@@ -17,7 +17,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Self
 
-from . import _raptors
+from . import _budget, _raptors
+from ._budget import Budget
 from ._raptors import Job, PoolCore, PoolStats, QueueFull, _timeout_seconds
 
 __all__ = ["Pool", "default_pool", "get_pool", "pools", "stats", "submit"]
@@ -37,33 +38,67 @@ _DEFAULT_NAME = "default"
 # every method an executor has is this class's own, and ThreadPoolExecutor's
 # __init__ never runs, so it starts no thread of its own.
 class Pool(PoolCore, concurrent.futures.ThreadPoolExecutor):  # type: ignore[misc]
-    """A named pool of native worker threads with a bounded priority queue.
+    """A named pool with a bounded priority queue, run by native worker threads.
 
-    ``Pool(name, threads=None, queue=1024, *, nice=5)``: ``threads`` workers
-    (``None``: ``RAPTORS_THREADS`` or the usable cores) and at most ``queue``
-    jobs waiting. ``submit`` raises ``QueueFull`` at once when every worker is
-    busy and the queue is full. Workers run ``nice`` steps below normal OS
-    priority (Linux) so the event loop is scheduled first; ``nice=0`` opts out.
+    ``Pool(name, threads=None, queue=1024, *, budget=None, weight=1, nice=5)``:
+    without ``budget``, the pool owns ``threads`` workers (``None``:
+    ``RAPTORS_THREADS`` or the usable cores) running ``nice`` steps below
+    normal OS priority (Linux) so the event loop is scheduled first
+    (``nice=0`` opts out). With ``budget`` (an ``rp.Budget`` or an open
+    budget's name) the pool owns no threads: its jobs run on the budget's,
+    at most ``threads`` at once (``None``: all of them), sharing them with
+    the other pools in proportion to ``weight``. At most ``queue`` jobs
+    wait; ``submit`` raises ``QueueFull`` at once beyond that.
     """
 
+    _budget: Budget | None = None
+
     def __new__(
-        cls, name: str, threads: int | None = None, queue: int = 1024, *, nice: int | None = None
+        cls,
+        name: str,
+        threads: int | None = None,
+        queue: int = 1024,
+        *,
+        budget: Budget | str | None = None,
+        weight: float = 1,
+        nice: int | None = None,
     ) -> Self:
         if queue is None:
             # PoolCore reads None as "default"; the public API has no such value.
             raise TypeError("queue must be an int, not NoneType")
+        if weight is None:
+            raise TypeError("weight must be an int or a float, not NoneType")
+        on_budget = _budget.resolve(budget)
         with _registry_lock:
             if isinstance(name, str) and name in _registry:
                 raise ValueError(f"a pool named {name!r} is already open")
-            self = super().__new__(cls, name, threads, queue, nice=nice)
+            self = super().__new__(
+                cls, name, threads, queue, nice=nice, budget=on_budget, weight=weight
+            )
             _registry[name] = self
-            return self
+            if on_budget is not None:
+                self._budget = on_budget
+                on_budget._add_pool(self)
+        _budget.check_oversubscription()
+        return self
 
     def __init__(
-        self, name: str, threads: int | None = None, queue: int = 1024, *, nice: int | None = None
+        self,
+        name: str,
+        threads: int | None = None,
+        queue: int = 1024,
+        *,
+        budget: Budget | str | None = None,
+        weight: float = 1,
+        nice: int | None = None,
     ) -> None:
         # Everything happens in __new__, under the registry lock.
         pass
+
+    @property
+    def budget(self) -> Budget | None:
+        """The budget whose threads run the pool's jobs; None if it owns its threads."""
+        return self._budget
 
     def close(self, wait: bool = True, cancel_pending: bool = False) -> None:
         """Stops accepting jobs. Queued jobs still run unless ``cancel_pending``;
@@ -159,9 +194,10 @@ class Pool(PoolCore, concurrent.futures.ThreadPoolExecutor):  # type: ignore[mis
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
+        on = "" if self._budget is None else f" budget={self._budget.name!r}"
         return (
             f"<raptors.Pool {self.name!r} threads={self.threads} "
-            f"queue={self.queue_capacity} {state}>"
+            f"queue={self.queue_capacity}{on} {state}>"
         )
 
 
@@ -237,6 +273,7 @@ def _close_all_pools() -> None:
         closed = list(_unjoined)
     for pool in closed:
         pool._join(None)
+    _budget._close_all_budgets()
     _raptors._interpreter_exiting()
 
 

@@ -11,6 +11,8 @@ from typing_extensions import disjoint_base
 __version__: str
 __all__ = [
     "Array",
+    "BudgetCore",
+    "BudgetStats",
     "CancelToken",
     "DeadlineExceeded",
     "Hub",
@@ -18,6 +20,7 @@ __all__ = [
     "JobAwait",
     "JobCancelled",
     "Kernel",
+    "OversubscriptionWarning",
     "PoolClosed",
     "PoolCore",
     "PoolStats",
@@ -27,6 +30,7 @@ __all__ = [
     "_interpreter_exiting",
     "_test_panic_kernel",
     "_timeout_seconds",
+    "_usable_cores",
     "add",
     "argmax",
     "argmin",
@@ -58,6 +62,7 @@ class PoolClosed(RaptorsError, RuntimeError):
 
 class DeadlineExceeded(RaptorsError, TimeoutError): ...
 class JobCancelled(concurrent.futures.CancelledError, asyncio.CancelledError): ...
+class OversubscriptionWarning(RuntimeWarning): ...
 
 _JobStatus: TypeAlias = Literal["queued", "running", "done", "failed", "cancelled", "expired"]
 
@@ -133,9 +138,13 @@ class PoolCore:
         queue: int | None = None,
         *,
         nice: int | None = None,
+        budget: BudgetCore | None = None,
+        weight: float | None = None,
     ) -> Self: ...
     @property
     def nice(self) -> int: ...
+    @property
+    def _has_own_threads(self) -> bool: ...
     @property
     def name(self) -> str: ...
     @property
@@ -159,6 +168,32 @@ class PoolCore:
     def _join(self, timeout: float | None = None) -> bool: ...
     def _is_worker_thread(self) -> bool: ...
     def _has_room(self) -> bool: ...
+
+@final
+class BudgetStats:
+    name: str
+    threads: int
+    running: int
+    utilization: float
+    @property
+    def shares(self) -> dict[str, float]: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+@disjoint_base
+class BudgetCore:
+    def __new__(cls, name: str, threads: int | None = None, *, nice: int | None = None) -> Self: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def threads(self) -> int: ...
+    @property
+    def nice(self) -> int: ...
+    @property
+    def closed(self) -> bool: ...
+    def stats(self) -> BudgetStats: ...
+    def _close(self, cancel_pending: bool = False) -> None: ...
+    def _join(self, timeout: float | None = None) -> bool: ...
+    def _is_worker_thread(self) -> bool: ...
 
 _ArrayLike: TypeAlias = Any
 
@@ -218,6 +253,7 @@ _test_panic_kernel: Kernel
 
 def _interpreter_exiting() -> None: ...
 def _timeout_seconds(value: object, name: str = "timeout") -> float | None: ...
+def _usable_cores() -> int: ...
 
 @final
 class JobAwait:

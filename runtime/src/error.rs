@@ -1,4 +1,4 @@
-//! Errors returned when building a pool or submitting to one.
+//! Errors returned when building a pool or budget, or submitting to a pool.
 
 use std::error::Error;
 use std::fmt;
@@ -47,6 +47,16 @@ pub enum BuildError {
     ZeroCapacity,
     /// `stack_size` was `Some(0)`.
     ZeroStackSize,
+    /// `weight` was not a finite number > 0.
+    BadWeight(f64),
+    /// A pool's `threads` (its cap) exceeded its budget's threads.
+    CapOverBudget {
+        cap: usize,
+        budget: String,
+        threads: usize,
+    },
+    /// The budget was closed.
+    BudgetClosed(String),
     /// The operating system refused to start a worker or timer thread.
     Spawn(String),
 }
@@ -58,6 +68,20 @@ impl fmt::Display for BuildError {
             BuildError::ZeroThreads => f.write_str("threads must be >= 1, got 0"),
             BuildError::ZeroCapacity => f.write_str("queue_capacity must be >= 1, got 0"),
             BuildError::ZeroStackSize => f.write_str("stack_size must be > 0, got 0"),
+            BuildError::BadWeight(weight) => {
+                write!(f, "weight must be a finite number > 0, got {weight}")
+            }
+            BuildError::CapOverBudget {
+                cap,
+                budget,
+                threads,
+            } => write!(
+                f,
+                "threads={cap} exceeds the {threads} threads of budget '{budget}'"
+            ),
+            BuildError::BudgetClosed(budget) => {
+                write!(f, "budget '{budget}' is closed and accepts no new pools")
+            }
             BuildError::Spawn(reason) => write!(f, "could not start a thread: {reason}"),
         }
     }

@@ -1,5 +1,6 @@
-//! Raptors runtime: named pools of native worker threads with bounded
-//! priority queues, cancellable jobs, deadlines and exact statistics.
+//! Raptors runtime: named pools with bounded priority queues, cancellable
+//! jobs, deadlines and exact statistics, run by budgets of native worker
+//! threads that pools share with weighted fair sharing.
 //!
 //! No Python here; the bindings crate builds the Python API on top.
 //!
@@ -17,15 +18,20 @@
 //!   queue at once and its closure is dropped.
 //! * **Deadlines** are enforced by a timer thread at the deadline, even when
 //!   every worker is busy.
-//! * **Exact stats.** Every counter changes under the pool's state lock with
+//! * **Exact stats.** Every counter changes under the budget's lock with
 //!   the transition it counts: in every [`PoolStats`] snapshot,
 //!   `submitted == queued + running + completed + failed + cancelled +
 //!   expired` (`rejected` is separate).
-//! * **Workers** are a fixed set of native threads, which are also the
-//!   threads of the pool's own rayon pool: a job's `par_iter`/`join` splits
-//!   over this pool's threads only. Idle workers spin briefly (one at a
-//!   time), then park; they help with a running job's rayon work while
-//!   spinning and when woken by [`JobContext::wake_helpers`].
+//! * **Budgets.** A [`Budget`] is a fixed set of native threads, which are
+//!   also the threads of its own rayon pool; pools on it keep their own
+//!   queue, tokens, deadlines and stats. A free thread starts the next job
+//!   of the pool with the least busy time per unit of weight among those
+//!   below their cap (see `scheduler.rs`); it never idles while such a job
+//!   waits. A pool built without a budget gets a private one of its own
+//!   `threads`. A job's `par_iter`/`join` splits over its budget's threads
+//!   only. Idle workers spin briefly (one at a time), then park; they help
+//!   with a running job's rayon work while spinning and when woken by
+//!   [`JobContext::wake_helpers`] (see `idle.rs`).
 //! * **Fork.** A forked child never takes a lock inherited from its parent:
 //!   inherited pools are closed there, new pools work (see `fork.rs`).
 //! * **Panics** in jobs become [`Outcome::Panicked`]; panics in completion
@@ -50,15 +56,18 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod budget;
 mod context;
 mod error;
 mod fork;
+mod idle;
 mod job;
 #[cfg(loom)]
 #[doc(hidden)]
 pub mod model;
 mod pool;
 mod queue;
+mod scheduler;
 mod stats;
 mod sync;
 mod task;
@@ -66,9 +75,10 @@ mod timer;
 mod token;
 mod worker;
 
+pub use budget::{Budget, BudgetConfig, BudgetStats, ThreadHook};
 pub use context::JobContext;
 pub use error::{BuildError, SubmitError};
 pub use job::{panic_message, JobHandle, JobStatus, JobStop, Outcome};
-pub use pool::{Pool, PoolConfig, SubmitOptions, ThreadHook};
+pub use pool::{Pool, PoolConfig, SubmitOptions};
 pub use stats::PoolStats;
 pub use token::CancelToken;

@@ -1,60 +1,62 @@
 //! Pools: configuration, submission, close/join, and the state shared by a
-//! pool's handles and workers.
+//! pool's handles, its jobs (weakly) and the timer.
 //!
-//! Invariants, all kept under the one state lock (`Shared::state`):
-//! * every job in `queue` is `queued`; a job leaves `queued` only after it
-//!   was removed from `queue` in the same critical section;
+//! A pool's queue and counters ([`PoolState`](crate::scheduler::PoolState))
+//! live in its budget's state, under the budget's one lock: a pool with no
+//! budget of its own gets a private one. Invariants, all kept under that
+//! lock:
+//! * every job in a queue is `queued`; a job leaves `queued` only after it
+//!   was removed from its queue in the same critical section;
 //! * each counter changes in the critical section of the transition it
 //!   counts, so `submitted == queued + running + completed + failed +
 //!   cancelled + expired` in every snapshot;
-//! * idle accounting as described in `worker.rs`.
+//! * fair sharing and the totals as in `scheduler.rs`, idle accounting as
+//!   in `idle.rs`.
 //!
 //! Nothing user-supplied (job closures, their drops, completion callbacks)
-//! runs while the state lock is held.
+//! runs while the lock is held.
 
-use std::cell::Cell;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex, MutexGuard};
+use parking_lot::{Condvar, Mutex};
 
+use crate::budget::{Budget, BudgetConfig, ThreadHook, DEFAULT_SPIN};
 use crate::context::JobContext;
 use crate::error::{BuildError, SubmitError};
-use crate::fork;
 use crate::job::{JobHandle, JobStatus, JobStop};
-use crate::queue::{Queue, QueueKey};
+use crate::queue::QueueKey;
+use crate::scheduler::{PoolState, Sched};
 use crate::stats::{Gauges, PoolStats, Stats};
 use crate::task::{Header, JobCell, Task};
-use crate::timer::{self, Timer};
 use crate::token::CancelToken;
-use crate::worker::{self, Slot, Wake};
-
-/// Default stack of a worker thread: Python callables run on workers.
-const DEFAULT_STACK_SIZE: usize = 4 << 20;
-/// Default time an idle worker spins before parking.
-const DEFAULT_SPIN: Duration = Duration::from_micros(50);
-
-/// A hook run on a worker thread with its index.
-pub type ThreadHook = Arc<dyn Fn(usize) + Send + Sync>;
 
 /// How to build a [`Pool`].
 #[derive(Clone)]
 pub struct PoolConfig {
     pub name: String,
-    /// Worker threads, >= 1.
+    /// Without a budget: the pool's own worker threads. With one: the most
+    /// of the budget's threads its jobs occupy at once (at most the
+    /// budget's `threads`). >= 1.
     pub threads: usize,
     /// Jobs that may wait, >= 1 (running jobs do not count).
     pub queue_capacity: usize,
-    /// How long an idle worker spins before parking.
+    /// The budget whose threads run the pool's jobs; `None`: a private one
+    /// built from this configuration.
+    pub budget: Option<Budget>,
+    /// The pool's share of its budget relative to the other pools on it
+    /// (finite, > 0). No effect on a private budget.
+    pub weight: f64,
+    /// Private budget only: how long an idle worker spins before parking.
     pub spin: Duration,
-    /// Worker stack size; `None` means 4 MiB.
+    /// Private budget only: worker stack size; `None` means 4 MiB.
     pub stack_size: Option<usize>,
-    /// Called on each worker when it starts, with its index. Must not
-    /// unwind (a panicking hook aborts the process, as rayon does).
+    /// Private budget only: called on each worker when it starts, with its
+    /// index. Must not unwind (a panicking hook aborts the process).
     pub on_thread_start: Option<ThreadHook>,
-    /// Called on each worker right before it exits. Must not unwind.
+    /// Private budget only: called on each worker right before it exits.
     pub on_thread_stop: Option<ThreadHook>,
 }
 
@@ -64,11 +66,20 @@ impl PoolConfig {
             name: name.into(),
             threads,
             queue_capacity,
+            budget: None,
+            weight: 1.0,
             spin: DEFAULT_SPIN,
             stack_size: None,
             on_thread_start: None,
             on_thread_stop: None,
         }
+    }
+
+    /// Runs the pool on `budget`, occupying at most `threads` of its threads.
+    pub fn on_budget(mut self, budget: &Budget, weight: f64) -> Self {
+        self.budget = Some(budget.clone());
+        self.weight = weight;
+        self
     }
 
     fn validate(&self) -> Result<(), BuildError> {
@@ -80,8 +91,28 @@ impl PoolConfig {
             Err(BuildError::ZeroCapacity)
         } else if self.stack_size == Some(0) {
             Err(BuildError::ZeroStackSize)
+        } else if !(self.weight.is_finite() && self.weight > 0.0) {
+            Err(BuildError::BadWeight(self.weight))
         } else {
-            Ok(())
+            match &self.budget {
+                Some(budget) if self.threads > budget.threads() => Err(BuildError::CapOverBudget {
+                    cap: self.threads,
+                    budget: budget.name().to_owned(),
+                    threads: budget.threads(),
+                }),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    fn private_budget(&self) -> BudgetConfig {
+        BudgetConfig {
+            name: self.name.clone(),
+            threads: self.threads,
+            spin: self.spin,
+            stack_size: self.stack_size,
+            on_thread_start: self.on_thread_start.clone(),
+            on_thread_stop: self.on_thread_stop.clone(),
         }
     }
 }
@@ -92,6 +123,8 @@ impl fmt::Debug for PoolConfig {
             .field("name", &self.name)
             .field("threads", &self.threads)
             .field("queue_capacity", &self.queue_capacity)
+            .field("budget", &self.budget.as_ref().map(Budget::name))
+            .field("weight", &self.weight)
             .field("spin", &self.spin)
             .field("stack_size", &self.stack_size)
             .field("on_thread_start", &self.on_thread_start.is_some())
@@ -110,10 +143,11 @@ pub struct SubmitOptions {
     pub token: Option<CancelToken>,
 }
 
-/// A named pool of native worker threads with a bounded priority queue.
+/// A named pool with a bounded priority queue, whose jobs run on its
+/// budget's native threads.
 ///
 /// Cheap to clone. When the last handle drops, the pool is closed without
-/// cancelling: queued jobs still run, then the workers exit.
+/// cancelling: queued jobs still run (then a private budget's workers exit).
 #[derive(Clone)]
 pub struct Pool {
     handle: Arc<Handle>,
@@ -132,11 +166,12 @@ impl Drop for Handle {
 
 impl fmt::Debug for Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let shared = &self.handle.shared;
+        let shared = self.shared();
         f.debug_struct("Pool")
             .field("name", &shared.name)
-            .field("threads", &shared.threads)
+            .field("threads", &shared.cap)
             .field("queue_capacity", &shared.capacity)
+            .field("budget", &shared.budget.name())
             .field("closed", &self.is_closed())
             .finish()
     }
@@ -144,40 +179,44 @@ impl fmt::Debug for Pool {
 
 static NEXT_JOB_ID: AtomicU64 = AtomicU64::new(1);
 
-thread_local! {
-    /// The pool whose worker this thread is (address of its `Shared`), so
-    /// `join` can refuse to wait for the thread it runs on.
-    static WORKER_OF: Cell<usize> = const { Cell::new(0) };
-}
-
 impl Pool {
-    /// Starts `config.threads` workers (they park until work arrives).
+    /// Builds the pool on `config.budget`, or on a private budget of
+    /// `config.threads` workers (they park until work arrives).
     pub fn new(config: PoolConfig) -> Result<Pool, BuildError> {
         config.validate()?;
-        fork::watch();
-        let timer = timer::global().map_err(|e| BuildError::Spawn(e.to_string()))?;
-        let exits = Arc::new(ExitCount::default());
+        let (budget, private) = match &config.budget {
+            Some(budget) => (budget.clone(), false),
+            None => (Budget::new(config.private_budget())?, true),
+        };
+        let name: Arc<str> = config.name.as_str().into();
+        let budget_shared = Arc::clone(budget.shared());
+        let mut sched = budget_shared.lock();
+        if sched.closed {
+            return Err(BuildError::BudgetClosed(budget.name().to_owned()));
+        }
+        let state = PoolState::new(
+            Arc::clone(&name),
+            config.queue_capacity,
+            config.threads,
+            config.weight,
+            sched.origin(),
+        );
+        let member = sched.next_member_index();
         let shared = Arc::new(Shared {
-            name: config.name.clone(),
-            threads: config.threads,
+            name,
+            cap: config.threads,
             capacity: config.queue_capacity,
-            spin: config.spin,
-            state: Mutex::new(State::new(&config, Instant::now())),
-            slots: (0..config.threads).map(|_| Slot::new()).collect(),
-            rayon: Mutex::new(None),
-            exits: Arc::clone(&exits),
-            timer,
-            epoch: fork::epoch(),
-            help_wanted: AtomicUsize::new(0),
+            budget,
+            private,
+            member,
+            closed: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            drain_lock: Mutex::new(()),
+            drained: Condvar::new(),
         });
-        let rayon = build_rayon(&config, exits)?;
-        let worker_shared = Arc::clone(&shared);
-        rayon.spawn_broadcast(move |ctx| {
-            let shared: &Shared = &worker_shared;
-            WORKER_OF.with(|w| w.set(shared as *const Shared as usize));
-            worker::run(shared, ctx.index());
-        });
-        *shared.rayon.lock() = Some(rayon);
+        let joined = sched.join(state, Arc::clone(&shared));
+        debug_assert_eq!(joined, member);
+        drop(sched);
         Ok(Pool {
             handle: Arc::new(Handle { shared }),
         })
@@ -191,17 +230,29 @@ impl Pool {
         &self.shared().name
     }
 
+    /// Threads the pool's jobs may occupy at once: its own on a private
+    /// budget, its cap on a shared one.
     pub fn threads(&self) -> usize {
-        self.shared().threads
+        self.shared().cap
     }
 
     pub fn queue_capacity(&self) -> usize {
         self.shared().capacity
     }
 
+    /// The budget the pool runs on (a private one unless it was given one).
+    pub fn budget(&self) -> &Budget {
+        &self.shared().budget
+    }
+
+    /// Whether the pool runs on a budget of its own.
+    pub fn has_private_budget(&self) -> bool {
+        self.shared().private
+    }
+
     pub fn is_closed(&self) -> bool {
         let shared = self.shared();
-        shared.inherited() || shared.state.lock().closed
+        shared.inherited() || shared.closed.load(Ordering::Acquire)
     }
 
     /// Queues `f`, or starts it at once on an idle worker. Never blocks on
@@ -216,9 +267,7 @@ impl Pool {
     {
         let shared = self.shared();
         if shared.inherited() {
-            return Err(SubmitError::Closed {
-                pool: shared.name.clone(),
-            });
+            return Err(shared.closed_error());
         }
         let now = Instant::now();
         let id = NEXT_JOB_ID.fetch_add(1, Ordering::Relaxed);
@@ -245,13 +294,13 @@ impl Pool {
             .as_ref()
             .is_none_or(|t| t.register(id, Arc::downgrade(&task)));
 
-        let mut state = shared.state.lock();
-        if state.closed {
-            drop(state);
+        let budget = shared.budget.shared();
+        let member = shared.member;
+        let mut sched = budget.lock();
+        if sched.pool(member).closed {
+            drop(sched);
             shared.release_registrations(header);
-            return Err(SubmitError::Closed {
-                pool: shared.name.clone(),
-            });
+            return Err(shared.closed_error());
         }
         let ended_at_once =
             if !registered || header.token.as_ref().is_some_and(CancelToken::is_cancelled) {
@@ -264,35 +313,37 @@ impl Pool {
         if let Some(status) = ended_at_once {
             let claimed = task.try_claim(status);
             debug_assert!(claimed, "a fresh job is queued");
-            state.stats.submitted += 1;
-            state.stats.count_end(status);
-            drop(state);
+            let stats = sched.stats_mut(member);
+            stats.submitted += 1;
+            stats.count_end(status);
+            shared.in_flight.fetch_add(1, Ordering::AcqRel);
+            drop(sched);
             shared.finish_claimed(&task);
             return Ok(JobHandle::new(cell));
         }
-        let takers = state.takers();
-        if !state.queue.has_room(takers) {
-            state.stats.rejected += 1;
-            drop(state);
+        let takers = sched.takers_for(member);
+        if !sched.pool(member).queue.has_room(takers) {
+            sched.stats_mut(member).rejected += 1;
+            drop(sched);
             shared.release_registrations(header);
             return Err(SubmitError::QueueFull {
-                pool: shared.name.clone(),
+                pool: shared.name.to_string(),
                 capacity: shared.capacity,
             });
         }
         if let Some(deadline) = deadline {
-            shared
-                .timer
+            budget
+                .timer()
                 .schedule(deadline, header.key(), id, Arc::downgrade(shared));
         }
-        state.queue.push(task);
-        state.stats.submitted += 1;
-        let depth = state.queue.len();
-        state.stats.observe_queue_depth(depth);
-        let woken = state.claim_idle(shared);
-        drop(state);
+        sched.push(member, task, now);
+        sched.stats_mut(member).submitted += 1;
+        shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        let eligible = sched.eligible();
+        let woken = sched.idle.claim(eligible, budget.slots());
+        drop(sched);
         if let Some(index) = woken {
-            shared.slot(index).notify();
+            budget.slot(index).notify();
         }
         Ok(JobHandle::new(cell))
     }
@@ -301,199 +352,81 @@ impl Pool {
     /// has room in its queue. Only a hint when others submit too; used to
     /// wait for room without counting refused submits.
     pub fn has_room(&self) -> bool {
-        if self.shared().inherited() {
+        let shared = self.shared();
+        if shared.inherited() {
             return false;
         }
-        let state = self.shared().state.lock();
-        !state.closed && state.queue.has_room(state.takers())
+        let sched = shared.budget.shared().lock();
+        let state = sched.pool(shared.member);
+        !state.closed && state.queue.has_room(sched.takers_for(shared.member))
     }
 
-    /// A consistent snapshot (taken under the state lock).
+    /// A consistent snapshot (taken under the budget lock).
     pub fn stats(&self) -> PoolStats {
         self.shared().stats()
     }
 
     /// Stops accepting jobs; with `cancel_pending`, every queued job ends
     /// `Cancelled` before this returns. Otherwise queued jobs still run.
-    /// Workers exit once the pool is closed and its queue is empty.
-    /// Idempotent (a later call may still cancel what is queued); never
-    /// waits for running jobs.
+    /// A private budget closes with its pool (its workers exit once the
+    /// queue is empty). Idempotent (a later call may still cancel what is
+    /// queued); never waits for running jobs.
     pub fn close(&self, cancel_pending: bool) {
         self.shared().close(cancel_pending);
     }
 
-    /// Waits until every accepted job ended and every worker thread exited
-    /// (which needs [`close`](Self::close)). True if so within `timeout`
-    /// (`None`: no limit). Called on one of the pool's own workers it
-    /// returns false at once, as that can never happen.
+    /// Waits until the pool is closed and every job it accepted ended and
+    /// was published, and, on a private budget, every worker thread
+    /// exited. True if so within `timeout` (`None`: no limit). Called on a
+    /// worker of the pool's budget it returns false at once, as the job
+    /// running there may be one it waits for.
     pub fn join(&self, timeout: Option<Duration>) -> bool {
         let shared = self.shared();
         if shared.inherited() {
             return true; // its threads do not exist in this process
         }
-        let on_own_worker = WORKER_OF.with(|w| w.get() == Arc::as_ptr(shared) as usize);
-        if on_own_worker {
+        if shared.budget.is_current_worker() {
             return false;
         }
-        shared.exits.wait_for(shared.threads, timeout)
-    }
-}
-
-fn build_rayon(
-    config: &PoolConfig,
-    exits: Arc<ExitCount>,
-) -> Result<rayon::ThreadPool, BuildError> {
-    let name = config.name.clone();
-    let on_start = config.on_thread_start.clone();
-    let on_stop = config.on_thread_stop.clone();
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(config.threads)
-        .thread_name(move |i| format!("{name}-{i}"))
-        .stack_size(config.stack_size.unwrap_or(DEFAULT_STACK_SIZE))
-        .start_handler(move |i| {
-            if let Some(hook) = &on_start {
-                hook(i);
-            }
-        })
-        .exit_handler(move |i| {
-            if let Some(hook) = &on_stop {
-                hook(i);
-            }
-            exits.add_one();
-        })
-        .build()
-        .map_err(|e| BuildError::Spawn(e.to_string()))
-}
-
-/// Worker threads that exited, for `join`.
-#[derive(Default)]
-struct ExitCount {
-    exited: Mutex<usize>,
-    changed: Condvar,
-}
-
-impl ExitCount {
-    fn add_one(&self) {
-        *self.exited.lock() += 1;
-        self.changed.notify_all();
-    }
-
-    fn wait_for(&self, threads: usize, timeout: Option<Duration>) -> bool {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let mut exited = self.exited.lock();
-        while *exited < threads {
-            match deadline {
-                None => self.changed.wait(&mut exited),
-                Some(deadline) => {
-                    if self.changed.wait_until(&mut exited, deadline).timed_out() {
-                        return *exited >= threads;
-                    }
-                }
-            }
+        if !shared.wait_drained(deadline) {
+            return false;
+        }
+        if shared.private {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            return shared.budget.join(left);
         }
         true
     }
 }
 
-/// State shared by a pool's handles, workers, jobs (weakly) and the timer.
+/// State shared by a pool's handles, its jobs (weakly), the timer (weakly)
+/// and its budget (while the pool is open or has work).
 pub(crate) struct Shared {
-    name: String,
-    threads: usize,
+    name: Arc<str>,
+    /// Most jobs running at once (the private budget's threads, or the cap).
+    cap: usize,
     capacity: usize,
-    spin: Duration,
-    state: Mutex<State>,
-    slots: Box<[Slot]>,
-    /// The pool's rayon threads; dropped by `close` (rayon then lets the
-    /// threads exit once their worker loop returns).
-    rayon: Mutex<Option<rayon::ThreadPool>>,
-    exits: Arc<ExitCount>,
-    timer: &'static Timer,
-    /// The fork epoch this pool was made in: in a later one (a forked
-    /// child) its threads and lock holders are gone, see `fork.rs`.
-    epoch: u64,
-    /// Running jobs that called `wake_helpers`: while non-zero, idle workers
-    /// look for rayon work instead of parking.
-    help_wanted: AtomicUsize,
+    budget: Budget,
+    private: bool,
+    /// Index of this pool's state in the budget's `Sched`.
+    member: usize,
+    /// Mirrors `PoolState::closed` (set under the budget lock) for lock-free
+    /// reads and for `join`.
+    closed: AtomicBool,
+    /// Jobs accepted and not yet published (ended and callbacks run).
+    in_flight: AtomicUsize,
+    drain_lock: Mutex<()>,
+    /// Signalled when `in_flight` reaches 0 and when the pool closes.
+    drained: Condvar,
 }
 
-/// Everything the state lock protects.
-pub(crate) struct State {
-    pub(crate) queue: Queue,
-    pub(crate) closed: bool,
-    /// The idle worker spinning now, unless claimed.
-    pub(crate) spinner: Option<usize>,
-    /// Parked idle workers, unclaimed (last parked on top).
-    pub(crate) sleepers: Vec<usize>,
-    /// Woken idle workers that have not looked at the queue yet.
-    claimed: usize,
-    /// Start of the job each worker runs, if any.
-    running_since: Vec<Option<Instant>>,
-    running: usize,
-    pub(crate) stats: Stats,
-}
-
-impl State {
-    fn new(config: &PoolConfig, origin: Instant) -> Self {
-        State {
-            queue: Queue::new(config.queue_capacity),
-            closed: false,
-            spinner: None,
-            // Workers start parked; the lowest index is woken first.
-            sleepers: (0..config.threads).rev().collect(),
-            claimed: 0,
-            running_since: vec![None; config.threads],
-            running: 0,
-            stats: Stats::new(origin),
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let budget = self.budget.shared();
+        if !budget.inherited() {
+            budget.lock().leave(self.member);
         }
-    }
-
-    /// Idle workers that will look at the queue before sleeping.
-    fn takers(&self) -> usize {
-        self.claimed + self.sleepers.len() + usize::from(self.spinner.is_some())
-    }
-
-    /// Claims one unclaimed idle worker if the queue holds more jobs than
-    /// claimed workers will take: the spinner if any (no wake-up needed),
-    /// else a sleeper, returned so the caller notifies it after unlocking.
-    fn claim_idle(&mut self, shared: &Shared) -> Option<usize> {
-        if self.queue.len() <= self.claimed {
-            return None;
-        }
-        if let Some(index) = self.spinner.take() {
-            self.claimed += 1;
-            shared.slot(index).set(Wake::Queue);
-            return None;
-        }
-        let index = self.sleepers.pop()?;
-        self.claimed += 1;
-        shared.slot(index).set(Wake::Queue);
-        Some(index)
-    }
-
-    /// A woken worker takes itself out of the counts it was woken into.
-    pub(crate) fn uncount_wake(&mut self, why: Wake) {
-        if why == Wake::Queue {
-            self.claimed -= 1;
-        }
-    }
-
-    pub(crate) fn begin_job(&mut self, index: usize, submitted_at: Instant, now: Instant) {
-        self.running += 1;
-        self.running_since[index] = Some(now);
-        self.stats.record_start(submitted_at, now);
-    }
-
-    pub(crate) fn end_job(
-        &mut self,
-        index: usize,
-        status: JobStatus,
-        started: Instant,
-        now: Instant,
-    ) {
-        self.running -= 1;
-        self.running_since[index] = None;
-        self.stats.count_end(status);
-        self.stats.record_run(started, now);
     }
 }
 
@@ -502,59 +435,52 @@ impl Shared {
         &self.name
     }
 
-    pub(crate) fn threads(&self) -> usize {
-        self.threads
+    pub(crate) fn cap(&self) -> usize {
+        self.cap
     }
 
-    pub(crate) fn spin(&self) -> Duration {
-        self.spin
+    pub(crate) fn member(&self) -> usize {
+        self.member
     }
 
-    pub(crate) fn slot(&self, index: usize) -> &Slot {
-        &self.slots[index]
-    }
-
-    pub(crate) fn lock_state(&self) -> MutexGuard<'_, State> {
-        self.state.lock()
+    fn closed_error(&self) -> SubmitError {
+        SubmitError::Closed {
+            pool: self.name.to_string(),
+        }
     }
 
     /// Whether this pool came from the parent of a forked child (`fork.rs`).
     pub(crate) fn inherited(&self) -> bool {
-        self.epoch != fork::epoch()
+        self.budget.shared().inherited()
     }
 
     fn stats(&self) -> PoolStats {
         let now = Instant::now();
-        let state = if self.inherited() {
-            // A lock held at the fork is held for ever here.
-            match self.state.try_lock() {
-                Some(state) => state,
-                None => return self.zero_stats(now),
-            }
-        } else {
-            self.state.lock()
+        let budget = self.budget.shared();
+        let Some(sched) = budget.try_lock_inherited() else {
+            return self.zero_stats(now);
         };
-        let capture = state.stats.capture(
-            now,
-            self.threads,
-            state.running_since.iter().flatten().copied(),
-        );
+        let state = sched.pool(self.member);
+        let capture = state
+            .stats
+            .capture(now, self.cap, sched.running_since(self.member));
         let gauges = Gauges {
             name: &self.name,
-            threads: self.threads,
+            threads: self.cap,
             queue_capacity: self.capacity,
             queued: state.queue.len(),
             running: state.running,
         };
-        drop(state);
-        capture.finish(gauges)
+        let stats = capture.finish(gauges);
+        drop(sched);
+        stats
     }
 
     fn zero_stats(&self, now: Instant) -> PoolStats {
-        let capture = Stats::new(now).capture(now, self.threads, std::iter::empty());
+        let capture = Stats::new(now).capture(now, self.cap, std::iter::empty());
         capture.finish(Gauges {
             name: &self.name,
-            threads: self.threads,
+            threads: self.cap,
             queue_capacity: self.capacity,
             queued: 0,
             running: 0,
@@ -567,14 +493,18 @@ impl Shared {
         if self.inherited() {
             return None; // in a forked child nothing inherited leaves a queue
         }
-        let mut state = self.state.lock();
-        let task = state.queue.remove(key)?;
-        let claimed = task.try_claim(status);
-        debug_assert!(
-            claimed,
-            "queued jobs are claimed only after leaving the queue"
-        );
-        state.stats.count_end(status);
+        let (task, release) = {
+            let mut sched = self.budget.shared().lock();
+            let task = sched.update(self.member, |s| s.queue.remove(key))?;
+            let claimed = task.try_claim(status);
+            debug_assert!(
+                claimed,
+                "queued jobs are claimed only after leaving the queue"
+            );
+            sched.stats_mut(self.member).count_end(status);
+            (task, sched.release_if_drained(self.member))
+        };
+        drop(release);
         Some(task)
     }
 
@@ -592,91 +522,112 @@ impl Shared {
         // SAFETY: every caller won `try_claim` for `task` and calls this once.
         let panics = unsafe { task.finish_claimed() };
         self.count_callback_panics(panics);
+        self.published();
+    }
+
+    /// Publishes a job a worker ran. No lock held.
+    pub(crate) fn publish_run(&self, task: &Arc<dyn Task>, status: JobStatus) {
+        // SAFETY: the worker's `run` returned `status` for this task; it
+        // publishes it once.
+        let panics = unsafe { task.publish_run(status) };
+        self.count_callback_panics(panics);
+        self.published();
+    }
+
+    /// One accepted job was published; wakes `join` when it was the last.
+    fn published(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let _guard = self.drain_lock.lock();
+            self.drained.notify_all();
+        }
+    }
+
+    /// Waits until the pool is closed with nothing in flight.
+    fn wait_drained(&self, deadline: Option<Instant>) -> bool {
+        let mut guard = self.drain_lock.lock();
+        loop {
+            if self.closed.load(Ordering::Acquire) && self.in_flight.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            match deadline {
+                None => self.drained.wait(&mut guard),
+                Some(deadline) => {
+                    if self.drained.wait_until(&mut guard, deadline).timed_out() {
+                        return self.closed.load(Ordering::Acquire)
+                            && self.in_flight.load(Ordering::Acquire) == 0;
+                    }
+                }
+            }
+        }
     }
 
     /// Forgets the timer entry and token registration of a job that left
     /// the queue (or never entered it).
     pub(crate) fn release_registrations(&self, header: &Header) {
         if let Some(deadline) = header.deadline {
-            self.timer.remove(deadline, header.id);
+            self.budget.shared().timer().remove(deadline, header.id);
         }
         if let Some(token) = &header.token {
             token.unregister(header.id);
         }
     }
 
-    pub(crate) fn count_callback_panics(&self, panics: usize) {
+    fn count_callback_panics(&self, panics: usize) {
         if panics > 0 {
-            self.state.lock().stats.callback_panics += panics as u64;
+            let mut sched = self.budget.shared().lock();
+            sched.stats_mut(self.member).callback_panics += panics as u64;
         }
     }
 
-    /// Whether a running job wants idle workers to look for rayon work.
-    pub(crate) fn help_wanted(&self) -> bool {
-        self.help_wanted.load(Ordering::Acquire) > 0
-    }
-
-    pub(crate) fn withdraw_help(&self) {
-        self.help_wanted.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    /// Wakes every parked unclaimed worker to help with rayon work; `first`
-    /// when the calling job had not asked before.
-    pub(crate) fn wake_helpers(&self, first: bool) {
-        if first {
-            self.help_wanted.fetch_add(1, Ordering::AcqRel);
-        }
-        let woken = {
-            let mut state = self.state.lock();
-            let woken = std::mem::take(&mut state.sleepers);
-            for &index in &woken {
-                self.slot(index).set(Wake::Help);
+    /// Under the budget lock: marks the pool closed and, with
+    /// `cancel_pending`, claims every queued job as cancelled (the caller
+    /// finishes them unlocked). Returns them, and the budget's hold on the
+    /// pool if it has no work left (to drop unlocked).
+    pub(crate) fn close_locked(
+        &self,
+        sched: &mut Sched,
+        member: usize,
+        cancel_pending: bool,
+    ) -> (Vec<Arc<dyn Task>>, Option<Arc<Shared>>) {
+        let cancelled = sched.update(member, |s| {
+            s.closed = true;
+            if !cancel_pending {
+                return Vec::new();
             }
-            woken
-        };
-        for index in woken {
-            self.slot(index).notify();
+            let drained = s.queue.drain();
+            for task in &drained {
+                let claimed = task.try_claim(JobStatus::Cancelled);
+                debug_assert!(
+                    claimed,
+                    "queued jobs are claimed only after leaving the queue"
+                );
+                s.stats.count_end(JobStatus::Cancelled);
+            }
+            drained
+        });
+        self.closed.store(true, Ordering::Release);
+        {
+            let _guard = self.drain_lock.lock();
+            self.drained.notify_all();
         }
+        (cancelled, sched.release_if_drained(member))
     }
 
     fn close(&self, cancel_pending: bool) {
         if self.inherited() {
             return; // closed by the fork; its lock may be held for ever
         }
-        let (cancelled, woken, rayon) = {
-            let mut state = self.state.lock();
-            let cancelled = if cancel_pending {
-                let drained = state.queue.drain();
-                for task in &drained {
-                    let claimed = task.try_claim(JobStatus::Cancelled);
-                    debug_assert!(
-                        claimed,
-                        "queued jobs are claimed only after leaving the queue"
-                    );
-                    state.stats.count_end(JobStatus::Cancelled);
-                }
-                drained
-            } else {
-                Vec::new()
-            };
-            state.closed = true;
-            // Every idle worker looks at the queue once more, then exits.
-            let mut woken = std::mem::take(&mut state.sleepers);
-            woken.extend(state.spinner.take());
-            state.claimed += woken.len();
-            for &index in &woken {
-                self.slot(index).set(Wake::Queue);
-            }
-            (cancelled, woken, self.rayon.lock().take())
-        };
-        for index in woken {
-            self.slot(index).notify();
+        if self.private {
+            self.budget.close(cancel_pending);
+            return;
         }
+        let (cancelled, release) = {
+            let mut sched = self.budget.shared().lock();
+            self.close_locked(&mut sched, self.member, cancel_pending)
+        };
         for task in &cancelled {
             self.finish_claimed(task);
         }
-        // Lets the rayon threads exit once their worker loop returns; does
-        // not block.
-        drop(rayon);
+        drop(release);
     }
 }

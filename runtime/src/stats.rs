@@ -1,7 +1,7 @@
 //! Counters, recent-latency percentiles and the utilization window of a
 //! pool, and the [`PoolStats`] snapshot.
 //!
-//! Everything here lives under the pool's state lock and changes in the same
+//! Everything here lives under the budget's lock and changes in the same
 //! critical section as the transition it counts, so a snapshot always
 //! satisfies `submitted == queued + running + completed + failed + cancelled
 //! + expired`.
@@ -132,21 +132,14 @@ impl BusyWindow {
         }
     }
 
-    /// Utilization over the window ending at `now`, counting jobs still
-    /// running (started at `in_flight`) up to `now`.
-    fn utilization(
-        &self,
-        now: Instant,
-        threads: usize,
-        in_flight: impl Iterator<Item = Instant>,
-    ) -> f64 {
+    /// Busy thread-seconds in the window ending at `now`, jobs still
+    /// running (started at `in_flight`) counted up to `now`, and the
+    /// window's length in seconds.
+    fn busy(&self, now: Instant, in_flight: impl Iterator<Item = Instant>) -> (f64, f64) {
         let last = self.epoch(now);
         let first = last.saturating_sub(WINDOW_BUCKETS - 1);
         let window_start = self.epoch_start(first);
         let elapsed = now.saturating_duration_since(window_start).as_secs_f64();
-        if elapsed <= 0.0 {
-            return 0.0;
-        }
         let finished: u64 = self
             .buckets
             .iter()
@@ -159,9 +152,27 @@ impl BusyWindow {
                     .as_secs_f64()
             })
             .sum();
-        let busy = finished as f64 * 1e-9 + running;
-        (busy / (threads as f64 * elapsed)).clamp(0.0, 1.0)
+        (finished as f64 * 1e-9 + running, elapsed)
     }
+
+    /// Utilization of `threads` over the window ending at `now`, in 0..=1.
+    fn utilization(
+        &self,
+        now: Instant,
+        threads: usize,
+        in_flight: impl Iterator<Item = Instant>,
+    ) -> f64 {
+        let (busy, elapsed) = self.busy(now, in_flight);
+        utilization(busy, threads, elapsed)
+    }
+}
+
+/// `busy` thread-seconds over `threads` threads for `elapsed` seconds, in 0..=1.
+pub(crate) fn utilization(busy: f64, threads: usize, elapsed: f64) -> f64 {
+    if elapsed <= 0.0 {
+        return 0.0;
+    }
+    (busy / (threads as f64 * elapsed)).clamp(0.0, 1.0)
 }
 
 /// The counting half of a pool's state.
@@ -225,6 +236,15 @@ impl Stats {
         self.run
             .push(ended.saturating_duration_since(started).as_secs_f64());
         self.busy.add(started, ended);
+    }
+
+    /// Busy thread-seconds and window length, as `BusyWindow::busy`.
+    pub(crate) fn busy(
+        &self,
+        now: Instant,
+        in_flight: impl Iterator<Item = Instant>,
+    ) -> (f64, f64) {
+        self.busy.busy(now, in_flight)
     }
 
     /// The raw material of a snapshot, copied under the lock; `finish`

@@ -7,7 +7,7 @@
 //! (workers and cancellers remove it when the job leaves the queue), so
 //! memory is bounded by the queued jobs with a deadline. The thread sleeps
 //! until the earliest deadline, or indefinitely when there is none. Lock
-//! order: a pool's state lock may be held while taking the timer lock, never
+//! order: a budget's lock may be held while taking the timer lock, never
 //! the reverse (the timer fires with its own lock released).
 
 use std::collections::BTreeMap;
