@@ -3,8 +3,8 @@
     python stress/run_locust.py [--seconds 20] [--quiet-users 2] [--noisy-factor 5]
 
 Starts ``python -m raptors serve`` on a free 127.0.0.1 port (the demo's
-defaults: cores - 1 threads per tenant pool, shared fairly by the tenants
-through the coalescing Batcher), then runs locust twice against it for ``--seconds`` each:
+defaults: the tenant pools share one budget of cores - 1 threads, divided
+fairly between busy tenants, behind the coalescing Batcher), then runs locust twice against it for ``--seconds`` each:
 
 1. the quiet tenant alone, to get its baseline latency;
 2. the quiet tenant with the noisy tenant at ``--noisy-factor`` times its load;
@@ -139,7 +139,7 @@ def main() -> int:
     p.add_argument("--noisy-factor", type=int, default=5)
     p.add_argument("--user-rps", type=float, default=20.0, help="requests/s per locust user (20)")
     p.add_argument("--tenant-threads", type=int, default=None,
-                   help="threads per tenant pool (default: the demo's, cores - 1)")  # fmt: skip
+                   help="threads of the tenant budget (default: the demo's, cores - 1)")  # fmt: skip
     p.add_argument("--client-timeout", type=float, default=2.0)
     p.add_argument("--control", action="store_true",
                    help="add a third phase: the noisy tenant on a second server process, so "

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import os
 import threading
 import time
 import uuid
@@ -23,7 +24,9 @@ from raptors.fastapi import (
     PoolConfig,
     Raptors,
     TenantLimitReached,
+    TenantPools,
     TenantTemplate,
+    default_budget_threads,
     retry_after_seconds,
 )
 
@@ -185,8 +188,20 @@ def test_tenant_template_sets_the_workers_nice():
         assert rx.tenants.get("acme").nice == 5  # the pool default
 
 
-def test_tenant_pools_are_isolated():
-    rx, app = tenant_app(threads=1, queue=2)
+# Blocking a tenant's workers must leave a thread for the other tenants: with
+# threads of their own (budget=False, the layout before budgets), or on a budget
+# of 2 threads with each tenant capped at 1. (On the default budget of cores - 1
+# threads, 1 on a 2-core host, a blocked tenant holds the whole budget: the
+# budget's isolation is queue isolation and fair sharing, tested below.)
+TWO_TENANTS_RUN_AT_ONCE = [
+    pytest.param({"budget": False, "threads": 1}, id="own-threads"),
+    pytest.param({"budget_threads": 2, "threads": 1}, id="budget-capped"),
+]
+
+
+@pytest.mark.parametrize("layout", TWO_TENANTS_RUN_AT_ONCE)
+def test_tenant_pools_are_isolated(layout):
+    rx, app = tenant_app(queue=2, **layout)
     with TestClient(app) as client:
         r = client.post("/tenant", headers={"X-Tenant": "noisy"})
         assert r.status_code == 200
@@ -231,8 +246,10 @@ def test_bad_tenant_header_is_400():
         assert client.post("/tenant", headers={"X-Tenant": "x" * 65}).status_code == 400
 
 
-def test_tenant_cap_rejects_with_429():
-    rx, app = tenant_app(max_tenants=2, idle_timeout=60)
+@pytest.mark.parametrize("layout", TWO_TENANTS_RUN_AT_ONCE)
+def test_tenant_cap_rejects_with_429(layout):
+    # Two tenants are held busy at once: each needs a thread (see above).
+    rx, app = tenant_app(max_tenants=2, idle_timeout=60, **layout)
     with TestClient(app) as client:
         for t in ("a", "b"):
             assert client.post("/tenant", headers={"X-Tenant": t}).status_code == 200
@@ -248,8 +265,10 @@ def test_tenant_cap_rejects_with_429():
             g.set()
 
 
-def test_tenant_cap_shared_overflow_pool():
-    rx, app = tenant_app(max_tenants=1, overflow="shared")
+@pytest.mark.parametrize("layout", TWO_TENANTS_RUN_AT_ONCE)
+def test_tenant_cap_shared_overflow_pool(layout):
+    # The overflow pool serves while tenant "a" is blocked: it needs a thread.
+    rx, app = tenant_app(max_tenants=1, overflow="shared", **layout)
     with TestClient(app) as client:
         assert client.post("/tenant", headers={"X-Tenant": "a"}).status_code == 200
         gate, _ = block(rx.tenants.get("a"))
@@ -431,12 +450,17 @@ def test_json_stats_per_pool_and_tenant():
     assert doc["pools"][name]["submitted"] == 0
     assert doc["pools"][acme.name]["queued"] == 3
     assert doc["pools"][acme.name]["running"] == 1
-    assert doc["tenants"]["tenants"]["acme"] == {
+    entry = doc["tenants"]["tenants"]["acme"]
+    assert entry == {
         "pool": acme.name,
         "queued": 3,
         "running": 1,
-        "idle_seconds": doc["tenants"]["tenants"]["acme"]["idle_seconds"],
+        "idle_seconds": entry["idle_seconds"],
+        # The tenant pools share a budget (the default): weight and share too.
+        "weight": 1.0,
+        "share": entry["share"],
     }
+    assert 0.0 <= entry["share"] <= 1.0
     assert doc["tenants"]["count"] == 1
 
 
@@ -612,3 +636,263 @@ async def test_batcher_shares_a_slot_budget_fairly_between_pools():
     finally:
         noisy.close()
         quiet.close()
+
+
+# --- tenant pools on a shared budget ---------------------------------------------------
+
+
+def os_threads() -> int:
+    """Threads of this process, as the kernel counts them."""
+    return len(os.listdir("/proc/self/task"))
+
+
+needs_proc = pytest.mark.skipif(
+    not os.path.isdir("/proc/self/task"), reason="counts threads in /proc/self/task"
+)
+
+
+def samples_of(text: str) -> dict[tuple[str, tuple], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_default_budget_threads_leave_the_event_loop_a_core():
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert default_budget_threads() == max(1, cores - 1)
+    rx, app = tenant_app()
+    with TestClient(app):
+        assert rx.tenants.budget.threads == default_budget_threads()
+        pool = rx.tenants.get("acme")
+        # threads=None on a budget: the tenant may use all of the budget's threads.
+        assert pool.budget is rx.tenants.budget and pool.threads == default_budget_threads()
+
+
+@needs_proc
+def test_tenant_pools_share_one_budget_and_own_no_threads():
+    rx, app = tenant_app(budget_threads=2, queue=4)
+    prefix = rx.tenants.template.prefix
+    with TestClient(app) as client:
+        budget = rx.tenants.budget
+        assert isinstance(budget, rp.Budget) and not budget.closed
+        assert budget.name == prefix + "budget" and budget.threads == 2
+        assert rp.get_budget(budget.name) is budget
+        assert client.post("/tenant", headers={"X-Tenant": "t0"}).json()["value"] == 3
+        before = os_threads()
+        for i in range(1, 8):
+            r = client.post("/tenant", headers={"X-Tenant": f"t{i}"})
+            assert r.status_code == 200 and r.json()["pool"] == f"{prefix}t{i}"
+        assert os_threads() == before  # eight tenants, the budget's threads only
+        pools = rx.tenants.pools()
+        assert len(pools) == 8
+        assert all(p.budget is budget and p.threads == 2 for p in pools.values())
+        assert {p.name for p in budget.pools()} == {p.name for p in pools.values()}
+        assert rx.budgets() == {budget.name: budget}
+    assert budget.closed and all(p.closed for p in pools.values())
+    assert budget.name not in [b.name for b in rp.budgets()]
+
+
+@needs_proc
+def test_budget_false_keeps_threads_of_their_own_per_tenant():
+    rx, app = tenant_app(budget=False, queue=4)
+    with TestClient(app) as client:
+        assert rx.tenants.budget is None
+        assert client.post("/tenant", headers={"X-Tenant": "t0"}).status_code == 200
+        before = os_threads()
+        for i in range(1, 4):
+            assert client.post("/tenant", headers={"X-Tenant": f"t{i}"}).status_code == 200
+        assert os_threads() == before + 3  # threads=None with budget=False: 1 each
+        pool = rx.tenants.get("t1")
+        assert pool.budget is None and pool.threads == 1
+        doc = client.get("/stats").json()
+        assert doc["budgets"] == {} and doc["tenants"]["budget"] is None
+        assert doc["tenants"]["tenants"]["t1"]["weight"] is None
+        assert doc["tenants"]["tenants"]["t1"]["share"] is None
+        assert "raptors_budget_threads" not in client.get("/metrics").text
+    rx, app = tenant_app(budget=False, threads=2)
+    with TestClient(app):
+        pool = rx.tenants.get("t")
+        assert pool.budget is None and pool.threads == 2
+
+
+WEIGHTS = [
+    pytest.param({"weights": {"gold": 3}}, id="mapping"),  # "free": default_weight 1
+    # A callable; None means default_weight. 1.5 : 0.5 is 3 : 1.
+    pytest.param({"weights": lambda t: {"gold": 1.5}.get(t), "default_weight": 0.5}, id="callable"),
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("weights", WEIGHTS)
+def test_tenant_weights_split_the_budget(weights):
+    rx, app = tenant_app(budget_threads=1, queue=256, **weights)
+    with TestClient(app):
+        gold, free = rx.tenants.get("gold"), rx.tenants.get("free")
+        snap = rx.tenants.snapshot()["tenants"]
+        assert snap["gold"]["weight"] == 3 * snap["free"]["weight"]
+        # Both tenants kept saturated: far more 10 ms jobs queued than run in the window.
+        jobs = []
+        for _ in range(200):
+            jobs += [gold.submit(time.sleep, 0.01), free.submit(time.sleep, 0.01)]
+        # Over >= 1.1 s of the budget's one thread (the jobs' sleeps are the work):
+        wait_until(lambda: gold.stats().completed + free.stats().completed >= 110, timeout=HANG)
+        shares = rx.tenants.budget.stats().shares
+        snap = rx.tenants.snapshot()["tenants"]
+        for job in jobs:
+            job.cancel()  # the rest never runs: the lifespan's drain is quick
+    fraction = shares[gold.name] / (shares[gold.name] + shares[free.name])
+    assert 0.6 <= fraction <= 0.9, shares
+    assert snap["gold"]["share"] > snap["free"]["share"] > 0.0
+
+
+def test_threads_cap_each_tenant_on_the_budget():
+    rx, app = tenant_app(budget_threads=2, threads=1, queue=4)
+    with TestClient(app):
+        capped, other = rx.tenants.get("capped"), rx.tenants.get("other")
+        assert capped.threads == other.threads == 1 and rx.tenants.budget.threads == 2
+        gate = threading.Event()
+        held = [capped.submit(gate.wait, HANG) for _ in range(2)]
+        wait_until(lambda: capped.stats().running == 1 and capped.stats().queued == 1)
+        # A budget thread is idle, but the capped tenant may not take it ...
+        assert other.submit(sum, [1, 2]).result(timeout=HANG) == 3  # ... the other tenant may.
+        assert (capped.stats().running, capped.stats().queued) == (1, 1)
+        gate.set()
+        for job in held:
+            assert job.result(timeout=HANG) is True
+
+
+def test_a_cap_above_the_budget_fails_at_startup():
+    with pytest.raises(ValueError, match="per-tenant cap"):
+        TenantTemplate(threads=3, budget_threads=2)
+    rx, app = tenant_app(threads=default_budget_threads() + 1)
+    name = rx.tenants.template.prefix + "budget"
+    with pytest.raises(ValueError, match="per-tenant cap"), TestClient(app):
+        pass
+    assert name not in [b.name for b in rp.budgets()]
+
+
+def test_evicting_a_tenant_leaves_the_others_on_the_budget():
+    rx, app = tenant_app(budget_threads=2, threads=1, max_tenants=2, idle_timeout=60)
+    with TestClient(app) as client:
+        budget = rx.tenants.budget
+        busy, idle = rx.tenants.get("busy"), rx.tenants.get("idle")
+        gate = threading.Event()
+        held = busy.submit(gate.wait, HANG)
+        wait_until(lambda: busy.stats().running == 1)
+        new = rx.tenants.get("new")  # the least recently used idle tenant goes
+        assert idle.closed and rx.tenants.evicted == 1
+        assert not budget.closed and not busy.closed
+        assert {p.name for p in budget.pools()} == {busy.name, new.name}
+        assert new.submit(sum, [4]).result(timeout=HANG) == 4
+        queued = busy.submit(sum, [5])
+        gate.set()
+        assert held.result(timeout=HANG) is True and queued.result(timeout=HANG) == 5
+        for tenant in ("busy", "new"):
+            assert client.post("/tenant", headers={"X-Tenant": tenant}).status_code == 200
+
+
+def test_close_closes_the_budget_and_open_makes_a_new_one():
+    rx, app = tenant_app(budget_threads=1)
+    with TestClient(app) as client:
+        first = rx.tenants.budget
+        assert client.post("/tenant", headers={"X-Tenant": "a"}).status_code == 200
+        pool = rx.tenants.get("a")
+    assert first.closed and pool.closed and rx.tenants.budget is None
+    assert first.name not in [b.name for b in rp.budgets()]
+    with TestClient(app) as client:  # the lifespan again: Raptors.open
+        second = rx.tenants.budget
+        assert second is not first and second.name == first.name and not second.closed
+        assert client.post("/tenant", headers={"X-Tenant": "a"}).status_code == 200
+        assert rx.tenants.get("a").budget is second
+    assert second.closed
+
+
+def test_tenant_pools_alone_open_their_budget_on_first_use_and_close_it():
+    tenants = TenantPools({"prefix": uniq("alone") + "-", "budget_threads": 1})
+    assert tenants.budget is None
+    pool = tenants.get("a")
+    budget = tenants.budget
+    assert pool.budget is budget and budget.threads == 1
+    assert pool.submit(sum, [1, 1]).result(timeout=HANG) == 2
+    tenants.close()
+    assert pool.closed and budget.closed and tenants.budget is None
+    with pytest.raises(rp.PoolClosed):
+        tenants.get("a")
+
+
+def test_stats_and_metrics_show_the_budget_and_each_tenant_share():
+    name = uniq("plain")
+    rx, app = tenant_app(budget_threads=1, weights={"acme": 2})
+    rx.configs.append(PoolConfig(name, threads=1, queue=4))
+    with TestClient(app) as client:
+        acme = rx.tenants.get("acme")
+        budget = rx.tenants.budget
+        acme.submit(time.sleep, 0.05).result(timeout=HANG)  # busy time on the budget
+        doc = client.get("/stats").json()
+        text = client.get("/metrics").text
+    json.dumps(doc)
+    assert set(doc["budgets"]) == {budget.name}  # the plain pool runs on no shared budget
+    b = doc["budgets"][budget.name]
+    assert (b["name"], b["threads"], b["running"]) == (budget.name, 1, 0)
+    assert 0.0 < b["utilization"] <= 1.0
+    assert b["shares"] == {acme.name: pytest.approx(1.0)}
+    assert doc["tenants"]["budget"] == budget.name
+    entry = doc["tenants"]["tenants"]["acme"]
+    assert entry["weight"] == 2.0 and entry["share"] == pytest.approx(1.0)
+
+    samples = samples_of(text)
+    lab = (("budget", budget.name),)
+    assert samples[("raptors_budget_threads", lab)] == 1
+    assert samples[("raptors_budget_running", lab)] == 0
+    assert 0.0 < samples[("raptors_budget_utilization", lab)] <= 1.0
+    share = (("budget", budget.name), ("pool", acme.name), ("tenant", "acme"))
+    assert samples[("raptors_pool_share", share)] == pytest.approx(1.0)
+    # Only pools on a budget have a share; the pool gauges keep their labels.
+    assert [k for k in samples if k[0] == "raptors_pool_share"] == [("raptors_pool_share", share)]
+    assert samples[("raptors_pool_threads", (("pool", acme.name), ("tenant", "acme")))] == 1
+
+
+def test_tenant_template_validates_the_budget_fields():
+    for kwargs, error, match in [
+        ({"budget": 1}, TypeError, "budget must be True or False"),
+        ({"budget_threads": 0}, ValueError, "budget_threads must be >= 1"),
+        ({"budget_threads": 1.5}, TypeError, "budget_threads must be an int"),
+        ({"threads": 0}, ValueError, "threads must be >= 1"),
+        ({"budget": False, "budget_threads": 2}, ValueError, "needs budget=True"),
+        ({"default_weight": 0}, ValueError, "default_weight must be a finite number > 0"),
+        ({"default_weight": True}, TypeError, "default_weight must be an int or a float"),
+        ({"weights": {"a": -1}}, ValueError, r"weights\['a'\] must be a finite number > 0"),
+        ({"weights": {"a": float("nan")}}, ValueError, "finite number"),
+        ({"weights": {"a": "3"}}, TypeError, r"weights\['a'\] must be an int or a float"),
+        ({"weights": {1: 3}}, TypeError, "weights keys must be tenant ids"),
+        ({"weights": 3}, TypeError, "weights must be a mapping"),
+    ]:
+        with pytest.raises(error, match=match):
+            TenantTemplate(**kwargs)
+    template = TenantTemplate(weights={"a": 2}, default_weight=0.5)
+    assert template.weight_of("a") == 2.0 and template.weight_of("b") == 0.5
+    assert hash(template) == hash(TenantTemplate(weights={"a": 2}, default_weight=0.5))
+    bad = TenantTemplate(weights=lambda tenant: 0)
+    with pytest.raises(ValueError, match=r"weights\('x'\) must be a finite number > 0"):
+        bad.weight_of("x")
+
+
+async def test_a_batcher_has_no_cross_pool_cap_by_default():
+    """The budget shares the CPU between tenant pools; the Batcher does not
+    hold a quiet tenant's item back because another tenant's batches run."""
+    rx, app = tenant_app(budget_threads=1, queue=8)
+    batcher = rx.batcher("b", Batcher(lambda items: list(items)))
+    assert batcher.max_total_inflight is None
+    async with rx.lifespan(app):
+        noisy, quiet = rx.tenants.get("noisy"), rx.tenants.get("quiet")
+        gate = threading.Event()
+        held = noisy.submit(gate.wait, HANG)  # the budget's one thread
+        wait_until(lambda: noisy.stats().running == 1)
+        futs = [batcher.submit(noisy, f"n{i}") for i in range(3)]  # 1 queued, 2 waiting
+        futs.append(batcher.submit(quiet, "q"))  # its own slot: straight to its pool
+        assert quiet.stats().queued == 1 and batcher.pending == 2 and batcher.inflight == 2
+        gate.set()
+        assert await asyncio.wait_for(asyncio.gather(*futs), HANG) == ["n0", "n1", "n2", "q"]
+        assert await asyncio.wait_for(held, HANG) is True

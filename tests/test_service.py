@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -228,8 +229,15 @@ def test_priorities_order_queued_requests(queries):
 
 
 def test_full_tenant_queue_is_503_and_other_tenants_are_served(client, queries):
+    # The tenant pools share the demo's budget (here 1 thread, which the
+    # noisy tenant's blocker holds): the quiet tenant's request is accepted
+    # into its own queue at once, not refused or queued behind the noisy
+    # tenant's full queue, and is served once the running job ends. (Before
+    # budgets each tenant had a thread of its own and was served while the
+    # noisy one stayed blocked.)
     rx = client.app.state.raptors
     pool = rx.tenants.get("noisy")
+    quiet = rx.tenants.get("quiet")
     gate = threading.Event()
     pool.submit(gate.wait, 10.0)
     while pool.stats().running < 1:
@@ -238,11 +246,59 @@ def test_full_tenant_queue_is_503_and_other_tenants_are_served(client, queries):
     r = client.post("/score", json=body(queries[0]), headers={"X-Tenant": "noisy"})
     assert r.status_code == 503
     assert int(r.headers["Retry-After"]) >= 1
-    r = client.post("/score", json=body(queries[0]), headers={"X-Tenant": "quiet"})
-    assert r.status_code == 200
+    statuses: list[int] = []
+
+    def call() -> None:
+        r = client.post("/score", json=body(queries[0]), headers={"X-Tenant": "quiet"})
+        statuses.append(r.status_code)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    while quiet.stats().queued < 1:  # accepted: waiting for the budget's thread
+        time.sleep(0.002)
+    assert pool.stats().queued == 2
     gate.set()
+    caller.join(10)
+    assert statuses == [200]
     for f in fill:
         f.result(timeout=5)
+
+
+def test_the_tenant_pools_share_one_budget_and_the_batcher_has_no_total_cap():
+    app = service.create_app("raptors", matrix=SMALL, tenant_threads=2)
+    with TestClient(app) as c:
+        rx = app.state.raptors
+        budget = rx.tenants.budget
+        assert budget.name == "tenant-budget" and budget.threads == 2
+        for tenant in ("acme", "globex"):
+            assert c.post("/score", json=body(SMALL[1]), headers={"X-Tenant": tenant}).is_success
+        pools = rx.tenants.pools().values()
+        # No per-tenant cap: each tenant may use the whole budget; equal weights.
+        assert [(p.budget, p.threads) for p in pools] == [(budget, 2), (budget, 2)]
+        stats = c.get("/stats").json()
+        assert stats["budgets"]["tenant-budget"]["threads"] == 2
+        assert {t["weight"] for t in stats["tenants"]["tenants"].values()} == {1.0}
+        # CPU sharing is the budget's: the Batcher caps no batch jobs over all tenants.
+        assert app.state.batcher.max_total_inflight is None
+    assert budget.closed
+
+
+def test_the_default_budget_leaves_the_event_loop_a_core(monkeypatch):
+    monkeypatch.delenv("RAPTORS_TENANT_THREADS", raising=False)
+    expected = max(1, len(os.sched_getaffinity(0)) - 1)
+    assert service.default_tenant_threads() == expected
+    app = service.create_app("raptors-single", matrix=SMALL)
+    with TestClient(app):
+        assert app.state.raptors.tenants.budget.threads == expected
+
+
+def test_tenant_budget_false_gives_each_tenant_threads_of_its_own():
+    app = service.create_app("raptors-single", matrix=SMALL, tenant_threads=1, tenant_budget=False)
+    with TestClient(app) as c:
+        assert app.state.raptors.tenants.budget is None
+        assert c.post("/score", json=body(SMALL[1]), headers={"X-Tenant": "a"}).is_success
+        pool = app.state.raptors.tenants.get("a")
+        assert pool.budget is None and pool.threads == 1
 
 
 def test_expired_deadline_is_504(client, queries):

@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--variant", choices=VARIANTS, default=None,
                    help="scoring variant (default: $RAPTORS_VARIANT or raptors)")  # fmt: skip
     s.add_argument("--tenant-threads", type=int, default=None,
-                   help="threads per tenant pool (default: $RAPTORS_TENANT_THREADS or cores - 1)")  # fmt: skip
+                   help="threads of the budget the tenant pools share "
+                        "(default: $RAPTORS_TENANT_THREADS or cores - 1)")  # fmt: skip
     s.add_argument("--tenant-queue", type=int, default=None,
                    help="queue bound per tenant pool (default: $RAPTORS_TENANT_QUEUE or 64)")  # fmt: skip
     s.add_argument("--timeout", type=float, default=None,

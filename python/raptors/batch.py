@@ -18,12 +18,17 @@ arriving while the slots are busy wait and leave together, up to
 matrix-vector products into one matrix-matrix product that reads the matrix
 once.
 
-``max_total_inflight`` caps the batch jobs in flight over every pool (a CPU
-budget shared by, e.g., per-tenant pools). When a slot frees, the pool
-served least recently among those with waiting items goes next (its
-highest-priority items first): a flooding tenant gets bigger batches, not
-more of the CPU, and a quiet tenant waits for at most one batch per other
-busy tenant.
+Sharing the CPU between pools is not the batcher's job: pools on one
+``rp.Budget`` share its threads by weight in the runtime (a quiet tenant's
+batch waits for at most one running job of another pool). The optional
+``max_total_inflight`` (default ``None``: no limit) caps the batch jobs in
+flight over every pool together: a bound on the batches submitted at once
+(their gathered inputs and results held in memory, and how many batches
+queue in the pools, i.e. latency), for when the pools together could hold
+more than you want in flight. With the cap, a slot that frees goes to the
+pool served least recently among those with waiting items (its
+highest-priority items first), so a flooding pool gets bigger batches, not
+more of the slots.
 
 Waiting items are bounded like the pool's queue: at most ``max_pending``
 per pool (default: the pool's ``queue_capacity``); beyond, ``submit``'s
@@ -40,7 +45,7 @@ Invariants:
   before its batch was submitted is dropped from the batch and costs nothing;
 * ``pending`` counts items waiting for a batch, per pool, exactly;
 * ``inflight`` counts submitted batch jobs not yet finished, exactly, and
-  never exceeds ``max_total_inflight``;
+  never exceeds ``max_total_inflight`` when that is set;
 * all state is touched only on the event loop thread (done callbacks are
   delivered there by ``rp.Job``), so no lock is needed.
 """
@@ -86,7 +91,15 @@ def _as_one_argument(items: list[Any]) -> tuple[list[Any]]:
 
 
 class Batcher:
-    """Coalesces concurrent calls to ``fn`` into batch jobs on a pool."""
+    """Coalesces concurrent calls to ``fn`` into batch jobs on a pool.
+
+    ``max_batch``: items per batch job. ``max_inflight``: batch jobs in
+    flight per (pool, priority, timeout) (``None``: the pool's ``threads``).
+    ``max_total_inflight``: batch jobs in flight over every pool (``None``,
+    the default: no limit; a memory and latency bound, not CPU sharing,
+    which the pools' budget does). ``max_pending``: items waiting per pool
+    (``None``: the pool's ``queue_capacity``).
+    """
 
     def __init__(
         self,

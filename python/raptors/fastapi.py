@@ -24,7 +24,10 @@ Invariants kept here:
 
 * Every pool this module creates is closed by the lifespan's exit (or by
   idle-tenant eviction), with ``close(wait=True)`` on shutdown so accepted
-  jobs finish before the process exits.
+  jobs finish before the process exits; the tenant budget is closed after
+  its pools, and evicting one tenant's pool leaves it serving the others.
+* With a tenant budget (the default), the process runs its
+  ``budget_threads`` native threads for the tenants, however many there are.
 * A tenant pool is only evicted when it has nothing queued or running and has
   not been handed out for ``idle_timeout`` seconds, so eviction never drops or
   cancels an accepted job.
@@ -38,10 +41,13 @@ import asyncio
 import contextlib
 import dataclasses
 import math
+import operator
+import os
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+import types
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import raptors as rp
@@ -68,6 +74,7 @@ __all__ = [
     "TenantLimitReached",
     "TenantPools",
     "TenantTemplate",
+    "default_budget_threads",
     "retry_after_seconds",
 ]
 
@@ -99,17 +106,66 @@ class PoolConfig:
         raise TypeError(f"pool config must be a PoolConfig or a dict, not {type(value).__name__}")
 
 
+def default_budget_threads() -> int:
+    """The tenant budget's default size: the usable cores (this process's CPU
+    affinity where the OS has one, else ``os.cpu_count()``) minus one, so the
+    event loop keeps a core; at least 1."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+    return max(1, cores - 1)
+
+
+def _check_count(name: str, value: object) -> None:
+    """``value`` is None or an int >= 1 (not a bool)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or None, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+def _check_weight(name: str, value: object) -> float:
+    """``value`` as a weight: a finite int or float > 0 (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be an int or a float, not {type(value).__name__}")
+    try:
+        weight = float(value)
+    except OverflowError:
+        weight = math.inf
+    if not (math.isfinite(weight) and weight > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return weight
+
+
 @dataclasses.dataclass(frozen=True)
 class TenantTemplate:
     """How tenant pools are made and bounded.
 
+    With ``budget=True`` (the default) every tenant pool, and the overflow
+    pool, runs on one shared ``rp.Budget`` named ``prefix + "budget"`` of
+    ``budget_threads`` native threads (``None``: the usable cores minus one,
+    at least 1, so the event loop keeps a core): tenants own no threads, and
+    the budget shares its threads between busy tenants in proportion to
+    their weights. ``weights`` gives a tenant's weight: a mapping of tenant
+    id to weight (tenants not in it get ``default_weight``) or a callable
+    ``tenant -> weight`` (returning ``None`` means ``default_weight``),
+    called once when the tenant's pool is created. ``threads`` is then the
+    per-tenant cap, the most of the budget's threads one tenant's jobs occupy
+    at once (``None``: all of them).
+
+    With ``budget=False`` each tenant pool owns ``threads`` worker threads
+    (``None``: 1) and competes with the others through the OS scheduler;
+    ``weights`` and ``default_weight`` then have no effect.
+
     ``overflow`` decides what happens to a new tenant once ``max_tenants``
     pools exist and none is idle enough to evict: ``"reject"`` answers HTTP
     429, ``"shared"`` sends it to one shared overflow pool (built from the same
-    template) so it is served, without isolation from other overflow tenants.
+    template, weight ``default_weight``) so it is served, without isolation
+    from other overflow tenants.
     """
 
-    threads: int | None = 1
+    threads: int | None = None
     queue: int = 64
     nice: int | None = None
     max_tenants: int = 64
@@ -118,6 +174,13 @@ class TenantTemplate:
     header: str = "X-Tenant"
     default_tenant: str = "default"
     prefix: str = "tenant-"
+    budget: bool = True
+    budget_threads: int | None = None
+    # Not hashed: a mapping is not hashable, and the template stays so.
+    weights: Mapping[str, float] | Callable[[str], float | None] | None = dataclasses.field(
+        default=None, hash=False
+    )
+    default_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.overflow not in ("reject", "shared"):
@@ -126,6 +189,63 @@ class TenantTemplate:
             raise ValueError("max_tenants must be >= 1")
         if self.idle_timeout <= 0:
             raise ValueError("idle_timeout must be > 0")
+        if not isinstance(self.budget, bool):
+            raise TypeError(f"budget must be True or False, not {type(self.budget).__name__}")
+        _check_count("threads", self.threads)
+        _check_count("budget_threads", self.budget_threads)
+        if not self.budget and self.budget_threads is not None:
+            raise ValueError(
+                "budget_threads sizes the shared tenant budget: it needs budget=True "
+                "(with budget=False, threads is each tenant pool's own threads)"
+            )
+        if (
+            self.budget
+            and self.threads is not None
+            and self.budget_threads is not None
+            and self.threads > self.budget_threads
+        ):
+            raise ValueError(
+                f"threads={self.threads} (the per-tenant cap on the budget) is more than "
+                f"budget_threads={self.budget_threads}"
+            )
+        _check_weight("default_weight", self.default_weight)
+        weights = self.weights
+        if isinstance(weights, Mapping):
+            checked: dict[str, float] = {}
+            for tenant, weight in weights.items():
+                if not isinstance(tenant, str):
+                    raise TypeError(
+                        f"weights keys must be tenant ids (str), not {type(tenant).__name__}"
+                    )
+                checked[tenant] = _check_weight(f"weights[{tenant!r}]", weight)
+            # A read-only copy: the template is frozen, its weights too.
+            object.__setattr__(self, "weights", types.MappingProxyType(checked))
+        elif weights is not None and not callable(weights):
+            raise TypeError(
+                "weights must be a mapping of tenant id to weight, a callable "
+                f"tenant -> weight, or None, not {type(weights).__name__}"
+            )
+
+    def weight_of(self, tenant: str) -> float:
+        """The weight of ``tenant``'s pool on the budget."""
+        weights = self.weights
+        if weights is None:
+            return float(self.default_weight)
+        if isinstance(weights, Mapping):
+            return float(weights.get(tenant, self.default_weight))
+        weight = weights(tenant)
+        if weight is None:
+            return float(self.default_weight)
+        return _check_weight(f"weights({tenant!r})", weight)
+
+    @property
+    def pool_threads(self) -> int | None:
+        """``threads=`` of a tenant pool: its cap on the budget (``None``: all
+        of the budget's threads) or, with ``budget=False``, its own threads
+        (``None``: 1)."""
+        if self.budget:
+            return self.threads
+        return 1 if self.threads is None else self.threads
 
     @classmethod
     def coerce(cls, value: TenantTemplate | Mapping[str, Any]) -> TenantTemplate:
@@ -155,14 +275,19 @@ class ClientDisconnected(Exception):
 class _Tenant:
     pool: rp.Pool
     last_used: float
+    weight: float | None  # None: the pool owns its threads (budget=False)
 
 
 class TenantPools:
     """Tenant id -> that tenant's own pool, created on first use.
 
-    Each tenant has its own queue and its own worker threads, so a flooding
-    tenant fills (and gets 503s from) only its own queue. Thread-safe: sync
-    endpoints may call ``get`` from FastAPI's thread pool.
+    Each tenant has its own bounded queue, so a flooding tenant fills (and
+    gets 503s from) only its own queue. With ``template.budget`` (the
+    default) the tenant pools own no threads: they run on one shared
+    ``rp.Budget`` (``self.budget``, created by ``open`` or the first
+    ``get``), which shares its threads between busy tenants by weight and
+    caps each at ``template.threads``. Otherwise each pool owns its threads.
+    Thread-safe: sync endpoints may call ``get`` from FastAPI's thread pool.
     """
 
     def __init__(
@@ -178,6 +303,7 @@ class TenantPools:
         self._tenants: dict[str, _Tenant] = {}
         self._overflow: rp.Pool | None = None
         self._overflow_tenants: set[str] = set()
+        self._budget: rp.Budget | None = None
         self._closed = False
         self._last_sweep = time.monotonic()
         self.created = 0
@@ -187,6 +313,51 @@ class TenantPools:
     @property
     def sweep_interval(self) -> float:
         return min(self.template.idle_timeout / 2.0, 5.0)
+
+    @property
+    def budget(self) -> rp.Budget | None:
+        """The budget the tenant pools share; None with ``budget=False``, before
+        ``open`` (or the first ``get``) and after ``close``."""
+        return self._budget
+
+    def open(self) -> None:
+        """Creates the shared budget (``Raptors.open`` calls this, so that a
+        bad configuration fails at startup); idempotent, and done by the first
+        ``get`` otherwise."""
+        with self._lock:
+            if self._closed:
+                raise rp.PoolClosed("tenant pools are closed")
+            self._open_locked()
+
+    def _open_locked(self) -> None:
+        t = self.template
+        if not t.budget or self._budget is not None:
+            return
+        threads = default_budget_threads() if t.budget_threads is None else t.budget_threads
+        if t.threads is not None and t.threads > threads:
+            raise ValueError(
+                f"TenantTemplate threads={t.threads} (the per-tenant cap) is more than "
+                f"the tenant budget's {threads} threads"
+            )
+        self._budget = rp.Budget(t.prefix + "budget", threads=threads, nice=t.nice)
+
+    def _weight_locked(self, tenant: str | None) -> float | None:
+        """The weight of a new pool for ``tenant`` (``None``: the overflow
+        pool); None when the pools own their threads."""
+        if not self.template.budget:
+            return None
+        if tenant is None:
+            return float(self.template.default_weight)
+        return self.template.weight_of(tenant)
+
+    def _new_pool_locked(self, name: str, weight: float | None) -> rp.Pool:
+        t = self.template
+        self._open_locked()
+        if self._budget is None or weight is None:
+            return rp.Pool(name, threads=t.pool_threads, queue=t.queue, nice=t.nice)
+        return rp.Pool(
+            name, threads=t.pool_threads, queue=t.queue, budget=self._budget, weight=weight
+        )
 
     def tenant_of(self, request: Request) -> str:
         """The tenant id of a request (header, else the default tenant); 400 if malformed."""
@@ -219,13 +390,9 @@ class TenantPools:
                 self._evict_lru_idle_locked()
             if len(self._tenants) >= self.template.max_tenants:
                 return self._overflow_locked(tenant)
-            pool = rp.Pool(
-                self.template.prefix + tenant,
-                threads=self.template.threads,
-                queue=self.template.queue,
-                nice=self.template.nice,
-            )
-            self._tenants[tenant] = _Tenant(pool, now)
+            weight = self._weight_locked(tenant)
+            pool = self._new_pool_locked(self.template.prefix + tenant, weight)
+            self._tenants[tenant] = _Tenant(pool, now, weight)
             self.created += 1
             return pool
 
@@ -234,11 +401,8 @@ class TenantPools:
             self.refused += 1
             raise TenantLimitReached(tenant, self.template.max_tenants)
         if self._overflow is None:
-            self._overflow = rp.Pool(
-                self.template.prefix + "overflow",
-                threads=self.template.threads,
-                queue=self.template.queue,
-                nice=self.template.nice,
+            self._overflow = self._new_pool_locked(
+                self.template.prefix + "overflow", self._weight_locked(None)
             )
         self._overflow_tenants.add(tenant)
         return self._overflow
@@ -252,7 +416,8 @@ class TenantPools:
     def _evict_locked(self, tenant: str) -> None:
         entry = self._tenants.pop(tenant)
         # Nothing is queued, running or waiting to be submitted, so a
-        # non-blocking close loses nothing and keeps the event loop free.
+        # non-blocking close loses nothing and keeps the event loop free. On a
+        # budget, the other tenants' pools keep its threads.
         entry.pool.close(wait=False)
         self.evicted += 1
 
@@ -283,8 +448,12 @@ class TenantPools:
             return out
 
     def snapshot(self) -> dict[str, Any]:
+        """The tenant view of ``/stats``: per tenant its pool, queue, weight and
+        share of the budget's busy time (``None`` for both with ``budget=False``)."""
         now = time.monotonic()
         with self._lock:
+            budget = self._budget
+            shares = budget.stats().shares if budget is not None else {}
             tenants = {}
             for tenant, entry in self._tenants.items():
                 st = entry.pool.stats()
@@ -293,11 +462,14 @@ class TenantPools:
                     "queued": st.queued,
                     "running": st.running,
                     "idle_seconds": round(now - entry.last_used, 3),
+                    "weight": entry.weight,
+                    "share": None if entry.weight is None else shares.get(entry.pool.name, 0.0),
                 }
             return {
                 "tenants": tenants,
                 "count": len(self._tenants),
                 "max_tenants": self.template.max_tenants,
+                "budget": budget.name if budget is not None else None,
                 "overflow": self.template.overflow,
                 "overflow_pool": self._overflow.name if self._overflow is not None else None,
                 "overflow_tenants": sorted(self._overflow_tenants),
@@ -307,7 +479,8 @@ class TenantPools:
             }
 
     def detach_all(self) -> list[rp.Pool]:
-        """Refuse new lookups and hand over every tenant pool (the caller closes them)."""
+        """Refuse new lookups and hand over every tenant pool (the caller closes
+        them, then the budget that ``detach_budget`` hands over)."""
         with self._lock:
             self._closed = True
             pools = [e.pool for e in self._tenants.values()]
@@ -316,6 +489,29 @@ class TenantPools:
             self._tenants.clear()
             self._overflow = None
             return pools
+
+    def detach_budget(self) -> rp.Budget | None:
+        """Hand over the shared budget (the caller closes it after its pools)."""
+        with self._lock:
+            budget, self._budget = self._budget, None
+            return budget
+
+    def close(self, wait: bool = True) -> None:
+        """Refuse new lookups, close every tenant pool (accepted jobs still run;
+        with ``wait``, returns once they finished), then the budget."""
+        _close_all(self.detach_all(), self.detach_budget(), wait)
+
+
+def _close_all(pools: list[rp.Pool], budget: rp.Budget | None, wait: bool) -> None:
+    """Closes ``pools`` so that they all drain in parallel, waits for each when
+    ``wait``, then closes ``budget`` (its threads exit once its pools' jobs ran)."""
+    for pool in pools:
+        pool.close(wait=False)
+    if wait:
+        for pool in pools:
+            pool.close(wait=True)
+    if budget is not None:
+        budget.close(wait=wait)
 
 
 def retry_after_seconds(stats: Any) -> int:
@@ -411,6 +607,8 @@ class Raptors:
         if self.tenants is not None and self.tenants._closed:
             self.tenants = TenantPools(self.tenants.template, self._in_use)
         try:
+            if self.tenants is not None:
+                self.tenants.open()
             for cfg in self.configs:
                 self._pools[cfg.name] = rp.Pool(
                     cfg.name, threads=cfg.threads, queue=cfg.queue, nice=cfg.nice
@@ -420,16 +618,14 @@ class Raptors:
             raise
 
     def close(self, wait: bool = True) -> None:
-        """Stop accepting work, let accepted jobs finish (``wait=True``), close every pool."""
+        """Stop accepting work, let accepted jobs finish (``wait=True``), close
+        every pool, then the tenant budget."""
         pools, self._pools = list(self._pools.values()), {}
+        budget = None
         if self.tenants is not None:
             pools += self.tenants.detach_all()
-        # Stop every pool first so they all drain in parallel, then wait for each.
-        for pool in pools:
-            pool.close(wait=False)
-        if wait:
-            for pool in pools:
-                pool.close(wait=True)
+            budget = self.tenants.detach_budget()
+        _close_all(pools, budget, wait)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
@@ -484,6 +680,18 @@ class Raptors:
         if self.tenants is not None:
             for pool in self.tenants.pools().values():
                 out[pool.name] = pool
+        return out
+
+    def budgets(self) -> dict[str, rp.Budget]:
+        """The budgets this app's pools run on, by name (the tenant budget
+        included while it is open, even before its first tenant)."""
+        out: dict[str, rp.Budget] = {}
+        if self.tenants is not None and self.tenants.budget is not None:
+            out[self.tenants.budget.name] = self.tenants.budget
+        for pool in self.all_pools().values():
+            budget = pool.budget
+            if budget is not None:
+                out.setdefault(budget.name, budget)
         return out
 
     def find(self, name: str) -> rp.Pool | None:
@@ -590,9 +798,11 @@ class Raptors:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     def stats_snapshot(self) -> dict[str, Any]:
-        """Every owned pool's stats by pool name, plus the tenant view."""
+        """Every owned pool's stats by pool name, the budgets they run on, and
+        the tenant and batcher views."""
         pools = {name: pool.stats().to_dict() for name, pool in self.all_pools().items()}
-        out: dict[str, Any] = {"pools": pools}
+        budgets = {name: budget.stats().to_dict() for name, budget in self.budgets().items()}
+        out: dict[str, Any] = {"pools": pools, "budgets": budgets}
         if self.tenants is not None:
             out["tenants"] = self.tenants.snapshot()
         if self.batchers:
@@ -636,10 +846,38 @@ _BATCHER_COUNTERS = (
     ("rejected", "Items refused with QueueFull while waiting items were at the bound."),
     ("expired", "Items whose start deadline passed while waiting for a batch."),
 )
+_BUDGET_GAUGES = (
+    ("threads", "Native worker threads of the budget, shared by its pools."),
+    ("running", "Jobs running on the budget's threads now."),
+    ("utilization", "Busy budget thread time / (threads x elapsed), recent window."),
+)
+# Gauges of a pool on a budget, labelled with the budget too.
+_POOL_BUDGET_GAUGES = (("share", "The pool's fraction of its budget's busy time, recent window."),)
+
+_Row = tuple[list[str], Any]
+
+
+def _families(
+    kind: Callable[..., Any],
+    prefix: str,
+    table: Iterable[tuple[str, str]],
+    labels: list[str],
+    rows: list[_Row],
+    value: Callable[[Any, str], Any],
+) -> Iterator[Any]:
+    """One metric family per ``(field, doc)`` of ``table``, named ``prefix +
+    field``, with a sample ``value(source, field)`` per ``(label values,
+    source)`` row."""
+    for field, doc in table:
+        family = kind(prefix + field, doc, labels=labels)
+        for values, source in rows:
+            family.add_metric(values, float(value(source, field)))
+        yield family
 
 
 class RaptorsCollector:
-    """Reads ``pool.stats()`` of every pool of a ``Raptors`` app at scrape time."""
+    """Reads ``pool.stats()`` of every pool of a ``Raptors`` app, and
+    ``budget.stats()`` of the budgets they run on, at scrape time."""
 
     def __init__(self, owner: Raptors) -> None:
         self.owner = owner
@@ -647,28 +885,22 @@ class RaptorsCollector:
     def describe(self) -> list[Any]:
         return []
 
-    def _labelled(self) -> list[tuple[list[str], Any]]:
+    def _labelled(self) -> list[tuple[list[str], Any, rp.Budget | None]]:
+        """``([pool, tenant], pool stats, the pool's budget)`` of every pool."""
         tenant_of_pool: dict[str, str] = {}
         if self.owner.tenants is not None:
             tenant_of_pool = {p.name: t for t, p in self.owner.tenants.pools().items()}
         rows = []
         for name, pool in sorted(self.owner.all_pools().items()):
-            rows.append(([name, tenant_of_pool.get(name, "")], pool.stats()))
+            rows.append(([name, tenant_of_pool.get(name, "")], pool.stats(), pool.budget))
         return rows
 
     def collect(self) -> Iterable[Any]:
-        rows = self._labelled()
+        labelled = self._labelled()
+        rows = [(values, st) for values, st, _ in labelled]
         labels = ["pool", "tenant"]
-        for field, doc in _GAUGES:
-            g = GaugeMetricFamily(f"raptors_pool_{field}", doc, labels=labels)
-            for values, st in rows:
-                g.add_metric(values, float(getattr(st, field)))
-            yield g
-        for field, doc in _COUNTERS:
-            c = CounterMetricFamily(f"raptors_jobs_{field}", doc, labels=labels)
-            for values, st in rows:
-                c.add_metric(values, float(getattr(st, field)))
-            yield c
+        yield from _families(GaugeMetricFamily, "raptors_pool_", _GAUGES, labels, rows, getattr)
+        yield from _families(CounterMetricFamily, "raptors_jobs_", _COUNTERS, labels, rows, getattr)
         for kind, doc in _QUANTILES:
             g = GaugeMetricFamily(
                 f"raptors_job_{kind}_seconds",
@@ -679,17 +911,46 @@ class RaptorsCollector:
                 g.add_metric([*values, "0.5"], float(getattr(st, f"{kind}_p50")))
                 g.add_metric([*values, "0.99"], float(getattr(st, f"{kind}_p99")))
             yield g
-        batchers = sorted(self.owner.batchers.items())
-        if not batchers:
-            return
-        snapshots = [(name, b.stats()) for name, b in batchers]
-        for field, doc in _BATCHER_GAUGES:
-            g = GaugeMetricFamily(f"raptors_batcher_{field}", doc, labels=["batcher"])
-            for name, st in snapshots:
-                g.add_metric([name], float(st[field]))
-            yield g
-        for field, doc in _BATCHER_COUNTERS:
-            c = CounterMetricFamily(f"raptors_batcher_{field}", doc, labels=["batcher"])
-            for name, st in snapshots:
-                c.add_metric([name], float(st[field]))
-            yield c
+        budgets = {name: budget.stats() for name, budget in sorted(self.owner.budgets().items())}
+        if budgets:
+            yield from _families(
+                GaugeMetricFamily,
+                "raptors_budget_",
+                _BUDGET_GAUGES,
+                ["budget"],
+                [([name], st) for name, st in budgets.items()],
+                getattr,
+            )
+            shares = {name: st.shares for name, st in budgets.items()}
+            on_budget = [
+                ([*values, budget.name], {"share": shares[budget.name].get(values[0], 0.0)})
+                for values, _, budget in labelled
+                if budget is not None and budget.name in shares
+            ]
+            yield from _families(
+                GaugeMetricFamily,
+                "raptors_pool_",
+                _POOL_BUDGET_GAUGES,
+                [*labels, "budget"],
+                on_budget,
+                operator.getitem,
+            )
+        batchers = [(name, b.stats()) for name, b in sorted(self.owner.batchers.items())]
+        if batchers:
+            snapshots = [([name], st) for name, st in batchers]
+            yield from _families(
+                GaugeMetricFamily,
+                "raptors_batcher_",
+                _BATCHER_GAUGES,
+                ["batcher"],
+                snapshots,
+                operator.getitem,
+            )
+            yield from _families(
+                CounterMetricFamily,
+                "raptors_batcher_",
+                _BATCHER_COUNTERS,
+                ["batcher"],
+                snapshots,
+                operator.getitem,
+            )

@@ -21,7 +21,10 @@ response encoding and the answers; only the scoring call differs:
 
 Tenants (``X-Tenant``), priorities (``X-Priority`` or ``?priority=``) and
 start deadlines (``X-Timeout`` or ``?timeout=``, seconds) apply to the
-``raptors`` variants; the others ignore them.
+``raptors`` variants; the others ignore them. The tenant pools own no
+threads: they share one ``rp.Budget`` (``tenant-budget``) of
+``RAPTORS_TENANT_THREADS`` threads (default: cores - 1), which divides its
+threads fairly between busy tenants (equal weights).
 """
 
 import asyncio
@@ -45,9 +48,11 @@ _NUMBER_TYPES = frozenset((float, int))
 
 
 def default_tenant_threads() -> int:
-    """Cores minus one for the event loop (parsing, routing, encoding every
-    request), at least one."""
-    return max(1, (os.cpu_count() or 1) - 1)
+    """The tenant budget's threads: the usable cores minus one for the event
+    loop (parsing, routing, encoding every request), at least one."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+    return max(1, cores - 1)
 
 
 def make_matrix(rows: int = ROWS, dim: int = DIM, seed: int = SEED) -> np.ndarray:
@@ -146,11 +151,19 @@ def topk_numpy(matrix: np.ndarray, q: np.ndarray, k: int = K) -> tuple[np.ndarra
 
 
 def make_raptors_batcher(
-    matrix: np.ndarray, k: int = K, *, max_batch: int = 32, threads: int | None = None
+    matrix: np.ndarray,
+    k: int = K,
+    *,
+    max_batch: int = 32,
+    max_total_inflight: int | None = None,
 ) -> Any:
-    """Coalesced scoring: one native ``rp.cosine_topk`` job per batch of queries,
-    at most ``threads`` batch jobs at once over every tenant (tenants share
-    that budget fairly)."""
+    """Coalesced scoring: one native ``rp.cosine_topk`` job per batch of queries.
+
+    Each tenant's pool has up to its ``threads`` batch jobs in flight; the
+    tenant budget shares the CPU between tenants. ``max_total_inflight``
+    (default: no limit) caps the batch jobs in flight over every tenant, a
+    bound on memory and on how many batches wait in the pools, not the
+    CPU-sharing mechanism."""
     from raptors.fastapi import Batcher
 
     def gather(queries: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
@@ -165,7 +178,7 @@ def make_raptors_batcher(
         gather=gather,
         scatter=scatter,
         max_batch=max_batch,
-        max_total_inflight=threads,
+        max_total_inflight=max_total_inflight,
     )
 
 
@@ -186,12 +199,18 @@ def create_app(
     max_tenants: int = 32,
     idle_timeout: float = 300.0,
     default_timeout: float | None = None,
+    tenant_budget: bool = True,
 ) -> Any:
     """Build the demo FastAPI app. Defaults come from ``RAPTORS_VARIANT``,
-    ``RAPTORS_TENANT_THREADS`` (default: one less than the cores, at least 1:
-    the event loop keeps a core, see docs/capacity-planning.md) and
+    ``RAPTORS_TENANT_THREADS`` (default: one less than the usable cores, at
+    least 1: the event loop keeps a core, see docs/capacity-planning.md) and
     ``RAPTORS_TENANT_QUEUE`` (default 64) and ``RAPTORS_TENANT_NICE`` (default:
-    the pool default, 5)."""
+    the pool default, 5).
+
+    ``tenant_threads`` is the size of the budget every tenant pool shares
+    (each tenant may use all of it; busy tenants share it equally). With
+    ``tenant_budget=False`` each tenant pool owns ``tenant_threads`` threads
+    instead (the layout before budgets, kept for comparison)."""
     from fastapi import Depends, FastAPI, Request
     from fastapi.responses import JSONResponse, Response
 
@@ -212,7 +231,9 @@ def create_app(
 
     rx = Raptors(
         tenants=TenantTemplate(
-            threads=tenant_threads,
+            budget=tenant_budget,
+            budget_threads=tenant_threads if tenant_budget else None,
+            threads=None if tenant_budget else tenant_threads,
             queue=tenant_queue,
             nice=tenant_nice,
             max_tenants=max_tenants,
@@ -251,7 +272,7 @@ def create_app(
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     if variant == "raptors":
-        batcher = rx.batcher("score", make_raptors_batcher(m, threads=tenant_threads))
+        batcher = rx.batcher("score", make_raptors_batcher(m))
         app.state.batcher = batcher
 
         @app.post("/score")

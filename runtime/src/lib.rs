@@ -58,6 +58,7 @@
 
 mod budget;
 mod context;
+mod drain;
 mod error;
 mod fork;
 mod idle;

@@ -82,3 +82,32 @@ impl Claimed<'_> {
         unsafe { self.0.core.finish_claimed() }
     }
 }
+
+/// The drain protocol of `Pool::join` (`drain.rs`), for the loom models.
+#[derive(Default)]
+pub struct ModelDrain(crate::drain::Drain);
+
+impl ModelDrain {
+    /// A drain with `jobs` accepted jobs.
+    pub fn with_jobs(jobs: usize) -> Self {
+        let drain = ModelDrain::default();
+        for _ in 0..jobs {
+            drain.0.accept();
+        }
+        drain
+    }
+
+    pub fn published(&self) {
+        self.0.published();
+    }
+
+    pub fn close(&self) {
+        self.0.close();
+    }
+
+    /// Blocks until closed and drained (loom reports a deadlock if the
+    /// wake-up is lost).
+    pub fn wait(&self) -> bool {
+        self.0.wait(None)
+    }
+}

@@ -17,14 +17,13 @@
 //! runs while the lock is held.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
-
 use crate::budget::{Budget, BudgetConfig, ThreadHook, DEFAULT_SPIN};
 use crate::context::JobContext;
+use crate::drain::Drain;
 use crate::error::{BuildError, SubmitError};
 use crate::job::{JobHandle, JobStatus, JobStop};
 use crate::queue::QueueKey;
@@ -209,10 +208,7 @@ impl Pool {
             budget,
             private,
             member,
-            closed: AtomicBool::new(false),
-            in_flight: AtomicUsize::new(0),
-            drain_lock: Mutex::new(()),
-            drained: Condvar::new(),
+            drain: Drain::default(),
         });
         let joined = sched.join(state, Arc::clone(&shared));
         debug_assert_eq!(joined, member);
@@ -252,7 +248,7 @@ impl Pool {
 
     pub fn is_closed(&self) -> bool {
         let shared = self.shared();
-        shared.inherited() || shared.closed.load(Ordering::Acquire)
+        shared.inherited() || shared.drain.is_closed()
     }
 
     /// Queues `f`, or starts it at once on an idle worker. Never blocks on
@@ -316,7 +312,7 @@ impl Pool {
             let stats = sched.stats_mut(member);
             stats.submitted += 1;
             stats.count_end(status);
-            shared.in_flight.fetch_add(1, Ordering::AcqRel);
+            shared.drain.accept();
             drop(sched);
             shared.finish_claimed(&task);
             return Ok(JobHandle::new(cell));
@@ -338,7 +334,7 @@ impl Pool {
         }
         sched.push(member, task, now);
         sched.stats_mut(member).submitted += 1;
-        shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        shared.drain.accept();
         let eligible = sched.eligible();
         let woken = sched.idle.claim(eligible, budget.slots());
         drop(sched);
@@ -389,7 +385,7 @@ impl Pool {
             return false;
         }
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        if !shared.wait_drained(deadline) {
+        if !shared.drain.wait(deadline) {
             return false;
         }
         if shared.private {
@@ -411,14 +407,10 @@ pub(crate) struct Shared {
     private: bool,
     /// Index of this pool's state in the budget's `Sched`.
     member: usize,
-    /// Mirrors `PoolState::closed` (set under the budget lock) for lock-free
-    /// reads and for `join`.
-    closed: AtomicBool,
-    /// Jobs accepted and not yet published (ended and callbacks run).
-    in_flight: AtomicUsize,
-    drain_lock: Mutex<()>,
-    /// Signalled when `in_flight` reaches 0 and when the pool closes.
-    drained: Condvar,
+    /// Accepted jobs not yet published, and whether the pool closed
+    /// (mirrors `PoolState::closed`, set under the budget lock), for `join`
+    /// and lock-free reads.
+    drain: Drain,
 }
 
 impl Drop for Shared {
@@ -522,7 +514,7 @@ impl Shared {
         // SAFETY: every caller won `try_claim` for `task` and calls this once.
         let panics = unsafe { task.finish_claimed() };
         self.count_callback_panics(panics);
-        self.published();
+        self.drain.published();
     }
 
     /// Publishes a job a worker ran. No lock held.
@@ -531,34 +523,7 @@ impl Shared {
         // publishes it once.
         let panics = unsafe { task.publish_run(status) };
         self.count_callback_panics(panics);
-        self.published();
-    }
-
-    /// One accepted job was published; wakes `join` when it was the last.
-    fn published(&self) {
-        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let _guard = self.drain_lock.lock();
-            self.drained.notify_all();
-        }
-    }
-
-    /// Waits until the pool is closed with nothing in flight.
-    fn wait_drained(&self, deadline: Option<Instant>) -> bool {
-        let mut guard = self.drain_lock.lock();
-        loop {
-            if self.closed.load(Ordering::Acquire) && self.in_flight.load(Ordering::Acquire) == 0 {
-                return true;
-            }
-            match deadline {
-                None => self.drained.wait(&mut guard),
-                Some(deadline) => {
-                    if self.drained.wait_until(&mut guard, deadline).timed_out() {
-                        return self.closed.load(Ordering::Acquire)
-                            && self.in_flight.load(Ordering::Acquire) == 0;
-                    }
-                }
-            }
-        }
+        self.drain.published();
     }
 
     /// Forgets the timer entry and token registration of a job that left
@@ -605,11 +570,7 @@ impl Shared {
             }
             drained
         });
-        self.closed.store(true, Ordering::Release);
-        {
-            let _guard = self.drain_lock.lock();
-            self.drained.notify_all();
-        }
+        self.drain.close();
         (cancelled, sched.release_if_drained(member))
     }
 

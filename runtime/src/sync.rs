@@ -1,20 +1,21 @@
 //! Synchronisation primitives of the job state machine, swapped for loom's
 //! model-checked versions under `--cfg loom`.
 //!
-//! Only the per-job state machine (`job.rs`) goes through this module: it is
-//! what the loom models exercise. The pool's hot lock uses `parking_lot`
-//! directly and is covered by the stress tests instead.
+//! The per-job state machine (`job.rs`) and the drain protocol of `join`
+//! (`drain.rs`) go through this module: they are what the loom models
+//! exercise. The budget's hot lock uses `parking_lot` directly and is
+//! covered by the stress tests instead.
 
 #[cfg(loom)]
 pub(crate) use loom::{
     cell::UnsafeCell,
-    sync::atomic::{AtomicU32, AtomicU8, Ordering},
+    sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering},
     sync::{Condvar, Mutex, MutexGuard},
 };
 
 #[cfg(not(loom))]
 pub(crate) use std::sync::{
-    atomic::{AtomicU32, AtomicU8, Ordering},
+    atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering},
     Condvar, Mutex, MutexGuard,
 };
 

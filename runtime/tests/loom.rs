@@ -1,5 +1,6 @@
 //! Loom models of the job state machine: start vs cancel vs expire vs
-//! completion callbacks vs waiters vs outcome readers.
+//! completion callbacks vs waiters vs outcome readers; and the drain protocol
+//! of `Pool::join` (last publish vs close vs waiter).
 //!
 //! `RUSTFLAGS="--cfg loom" cargo test -p raptors-runtime --test loom --release`
 #![cfg(loom)]
@@ -131,5 +132,29 @@ fn outcome_is_either_lent_or_taken() {
             (Some(Outcome::Done(3)), None) | (None, Some(Outcome::Done(3))) => {}
             other => panic!("both or neither got the outcome: {other:?}"),
         }
+    });
+}
+
+/// `Pool::join` on a pool whose last job is published while it closes:
+/// the waiter always wakes (no lost wake-up in `drain.rs`).
+#[test]
+fn join_wakes_when_the_last_jobs_publish_while_the_pool_closes() {
+    loom::model(|| {
+        let drain = Arc::new(raptors_runtime::model::ModelDrain::with_jobs(1));
+        let publishers: Vec<_> = (0..1)
+            .map(|_| {
+                let drain = Arc::clone(&drain);
+                thread::spawn(move || drain.published())
+            })
+            .collect();
+        let closer = {
+            let drain = Arc::clone(&drain);
+            thread::spawn(move || drain.close())
+        };
+        assert!(drain.wait());
+        for p in publishers {
+            p.join().unwrap();
+        }
+        closer.join().unwrap();
     });
 }

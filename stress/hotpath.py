@@ -1,0 +1,52 @@
+"""The hot path of one pool alone, as a whole process: for A/B timing of two
+builds with ``farm-bench`` (which pairs runs and reports the ratio).
+
+    farm-bench -n 9 --timeout 600 -- venv-a/bin/python stress/hotpath.py roundtrip \\
+        --vs 'venv-b/bin/python stress/hotpath.py roundtrip'
+
+``roundtrip``: ``await pool.submit(rp.dot, a, b)`` one at a time;
+``inflight``: 64 such jobs in flight (``gather``), many rounds. Both on
+``rp.Pool("hotpath", threads=2)``. Prints microseconds per job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import numpy as np
+import raptors as rp
+
+
+async def roundtrip(pool: rp.Pool, n: int) -> float:
+    a = np.ones(16)
+    start = time.perf_counter()
+    for _ in range(n):
+        await pool.submit(rp.dot, a, a)
+    return (time.perf_counter() - start) / n
+
+
+async def inflight(pool: rp.Pool, rounds: int) -> float:
+    a = np.ones(16)
+    start = time.perf_counter()
+    for _ in range(rounds):
+        await asyncio.gather(*(pool.submit(rp.dot, a, a) for _ in range(64)))
+    return (time.perf_counter() - start) / (rounds * 64)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("mode", choices=["roundtrip", "inflight"])
+    parser.add_argument("--jobs", type=int, default=40_000)
+    args = parser.parse_args()
+    with rp.Pool("hotpath", threads=2, queue=256) as pool:
+        if args.mode == "roundtrip":
+            per_job = asyncio.run(roundtrip(pool, args.jobs))
+        else:
+            per_job = asyncio.run(inflight(pool, max(args.jobs // 64, 1)))
+    print(f"{args.mode}: {per_job * 1e6:.2f} us per job")
+
+
+if __name__ == "__main__":
+    main()
