@@ -6,7 +6,8 @@ builds with ``farm-bench`` (which pairs runs and reports the ratio).
 
 ``roundtrip``: ``await pool.submit(rp.dot, a, b)`` one at a time;
 ``inflight``: 64 such jobs in flight (``gather``), many rounds. Both on
-``rp.Pool("hotpath", threads=2)``. Prints microseconds per job.
+``rp.Pool("hotpath", threads=2)``, or with ``--budget`` on a pool alone on
+``rp.Budget("hotpath", threads=2)``. Prints microseconds per job.
 """
 
 from __future__ import annotations
@@ -39,12 +40,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("mode", choices=["roundtrip", "inflight"])
     parser.add_argument("--jobs", type=int, default=40_000)
+    parser.add_argument("--budget", action="store_true", help="run the pool on an rp.Budget")
     args = parser.parse_args()
-    with rp.Pool("hotpath", threads=2, queue=256) as pool:
+    budget = rp.Budget("hotpath", threads=2) if args.budget else None
+    with rp.Pool("hotpath", threads=2, queue=256, budget=budget) as pool:
         if args.mode == "roundtrip":
             per_job = asyncio.run(roundtrip(pool, args.jobs))
         else:
             per_job = asyncio.run(inflight(pool, max(args.jobs // 64, 1)))
+    if budget is not None:
+        budget.close()
     print(f"{args.mode}: {per_job * 1e6:.2f} us per job")
 
 

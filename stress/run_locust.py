@@ -17,7 +17,7 @@ would: the quiet tenant's latency then reflects the server, not the noisy
 client's work in a shared gevent loop.
 
 Prints the per-tenant latency table of both phases, the quiet tenant's p99
-ratio (target: within 1.5x of alone), the final pool stats from ``/stats``,
+ratio (target: within 1.3x of alone), the final pool stats from ``/stats``,
 and checks the stats invariant of every pool
 (submitted == queued + running + completed + failed + cancelled + expired)
 with nothing left queued or running. Exits non-zero if an invariant fails.
@@ -42,6 +42,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 LOCUSTFILE = HERE / "locustfile.py"
 TERMINAL = ("completed", "failed", "cancelled", "expired")
+# The quiet tenant's p99 next to the noisy one / alone (issue 9).
+TARGET_RATIO = 1.3
 
 
 def free_port() -> int:
@@ -138,6 +140,8 @@ def main() -> int:
     p.add_argument("--quiet-users", type=int, default=2)
     p.add_argument("--noisy-factor", type=int, default=5)
     p.add_argument("--user-rps", type=float, default=20.0, help="requests/s per locust user (20)")
+    p.add_argument("--variant", default="raptors",
+                   help="the demo's scoring variant (raptors; see raptors.service)")  # fmt: skip
     p.add_argument("--tenant-threads", type=int, default=None,
                    help="threads of the tenant budget (default: the demo's, cores - 1)")  # fmt: skip
     p.add_argument("--client-timeout", type=float, default=2.0)
@@ -158,7 +162,8 @@ def main() -> int:
     )
 
     def start_server(port: int) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "raptors", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        cmd = [sys.executable, "-m", "raptors", "serve", "--host", "127.0.0.1", "--port", str(port),
+               "--variant", args.variant]  # fmt: skip
         if args.tenant_threads is not None:
             cmd += ["--tenant-threads", str(args.tenant_threads)]
         return subprocess.Popen(cmd, env=env)
@@ -209,9 +214,9 @@ def main() -> int:
         float(results["noisy+quiet"]["quiet"]["99%"]),
     )
     ratio = q_both / q_alone if q_alone else float("inf")
-    verdict = "within" if ratio <= 1.5 else "OVER"
+    verdict = "within" if ratio <= TARGET_RATIO else "OVER"
     print(f"\nquiet tenant p99: {q_alone:g} ms alone, {q_both:g} ms next to the noisy tenant "
-          f"-> {ratio:.2f}x ({verdict} the 1.5x target)")  # fmt: skip
+          f"-> {ratio:.2f}x ({verdict} the {TARGET_RATIO:g}x target)")  # fmt: skip
     if "noisy-apart" in results:
         q_apart = float(results["noisy-apart"]["quiet"]["99%"])
         print(f"control: {q_apart:g} ms with the noisy tenant on another server process "

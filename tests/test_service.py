@@ -37,7 +37,15 @@ def test_matrix_is_seeded_normalised_float32():
 
 
 @pytest.mark.parametrize(
-    "variant", ["raptors", "raptors-single", "numpy-inline", "numpy-to-thread", "numpy-def"]
+    "variant",
+    [
+        "raptors",
+        "raptors-single",
+        "numpy-inline",
+        "numpy-to-thread",
+        "numpy-anyio-tenant",
+        "numpy-def",
+    ],
 )
 def test_every_variant_gives_the_same_correct_top10(variant, queries):
     m64 = SMALL.astype(np.float64)

@@ -42,7 +42,6 @@ import contextlib
 import dataclasses
 import math
 import operator
-import os
 import re
 import threading
 import time
@@ -107,12 +106,10 @@ class PoolConfig:
 
 
 def default_budget_threads() -> int:
-    """The tenant budget's default size: the usable cores (this process's CPU
-    affinity where the OS has one, else ``os.cpu_count()``) minus one, so the
-    event loop keeps a core; at least 1."""
-    affinity = getattr(os, "sched_getaffinity", None)
-    cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
-    return max(1, cores - 1)
+    """The tenant budget's default size: the usable cores (CPU affinity and
+    quota applied, as ``threads=None`` counts them) minus one, so the event
+    loop keeps a core; at least 1."""
+    return max(1, rp._raptors._usable_cores() - 1)
 
 
 def _check_count(name: str, value: object) -> None:

@@ -16,6 +16,9 @@ response encoding and the answers; only the scoring call differs:
   request;
 * ``numpy-inline``: NumPy called inside the ``async def`` endpoint;
 * ``numpy-to-thread``: NumPy through ``await asyncio.to_thread``;
+* ``numpy-anyio-tenant``: NumPy through ``anyio.to_thread.run_sync`` with one
+  ``anyio.CapacityLimiter`` per tenant (``X-Tenant``), of ``cores - 1``
+  tokens: what per-tenant isolation takes without Raptors;
 * ``numpy-def``: NumPy in a plain ``def`` endpoint (FastAPI's thread pool);
 * ``noop``: parses the request and answers a fixed top-10 (the HTTP floor).
 
@@ -42,7 +45,15 @@ ROWS = 20_000
 DIM = 256
 K = 10
 SEED = 20_240_917
-VARIANTS = ("raptors", "raptors-single", "numpy-inline", "numpy-to-thread", "numpy-def", "noop")
+VARIANTS = (
+    "raptors",
+    "raptors-single",
+    "numpy-inline",
+    "numpy-to-thread",
+    "numpy-anyio-tenant",
+    "numpy-def",
+    "noop",
+)
 MAX_BODY = 64 * 1024
 _NUMBER_TYPES = frozenset((float, int))
 
@@ -50,9 +61,9 @@ _NUMBER_TYPES = frozenset((float, int))
 def default_tenant_threads() -> int:
     """The tenant budget's threads: the usable cores minus one for the event
     loop (parsing, routing, encoding every request), at least one."""
-    affinity = getattr(os, "sched_getaffinity", None)
-    cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
-    return max(1, cores - 1)
+    from raptors.fastapi import default_budget_threads
+
+    return default_budget_threads()
 
 
 def make_matrix(rows: int = ROWS, dim: int = DIM, seed: int = SEED) -> np.ndarray:
@@ -199,13 +210,14 @@ def create_app(
     max_tenants: int = 32,
     idle_timeout: float = 300.0,
     default_timeout: float | None = None,
-    tenant_budget: bool = True,
+    tenant_budget: bool | None = None,
 ) -> Any:
     """Build the demo FastAPI app. Defaults come from ``RAPTORS_VARIANT``,
     ``RAPTORS_TENANT_THREADS`` (default: one less than the usable cores, at
     least 1: the event loop keeps a core, see docs/capacity-planning.md) and
-    ``RAPTORS_TENANT_QUEUE`` (default 64) and ``RAPTORS_TENANT_NICE`` (default:
-    the pool default, 5).
+    ``RAPTORS_TENANT_QUEUE`` (default 64), ``RAPTORS_TENANT_NICE`` (default:
+    the pool default, 5) and ``RAPTORS_TENANT_BUDGET`` (``0``: no shared
+    budget; default: one).
 
     ``tenant_threads`` is the size of the budget every tenant pool shares
     (each tenant may use all of it; busy tenants share it equally). With
@@ -224,6 +236,8 @@ def create_app(
         tenant_threads = int(env) if env else default_tenant_threads()
     if tenant_queue is None:
         tenant_queue = int(os.environ.get("RAPTORS_TENANT_QUEUE", "64"))
+    if tenant_budget is None:
+        tenant_budget = os.environ.get("RAPTORS_TENANT_BUDGET", "1") != "0"
     if tenant_nice is None and os.environ.get("RAPTORS_TENANT_NICE"):
         tenant_nice = int(os.environ["RAPTORS_TENANT_NICE"])
     m = make_matrix() if matrix is None else np.ascontiguousarray(matrix, dtype=np.float32)
@@ -311,6 +325,22 @@ def create_app(
         @app.post("/score")
         async def score_to_thread(q: Annotated[np.ndarray, Depends(query)]) -> Response:
             return answer(*await asyncio.to_thread(topk_numpy, m, q))
+
+    elif variant == "numpy-anyio-tenant":
+        import anyio
+
+        limiters: dict[str, anyio.CapacityLimiter] = {}
+        tokens = tenant_threads
+
+        @app.post("/score")
+        async def score_anyio(
+            request: Request, q: Annotated[np.ndarray, Depends(query)]
+        ) -> Response:
+            tenant = request.headers.get("X-Tenant", "default")
+            limiter = limiters.get(tenant)
+            if limiter is None:
+                limiter = limiters.setdefault(tenant, anyio.CapacityLimiter(tokens))
+            return answer(*await anyio.to_thread.run_sync(topk_numpy, m, q, limiter=limiter))
 
     elif variant == "numpy-def":
 
