@@ -43,7 +43,9 @@ def main() -> None:
     parser.add_argument("--budget", action="store_true", help="run the pool on an rp.Budget")
     args = parser.parse_args()
     budget = rp.Budget("hotpath", threads=2) if args.budget else None
-    with rp.Pool("hotpath", threads=2, queue=256, budget=budget) as pool:
+    # No budget= keyword without --budget, so a build before budgets runs it too.
+    on_budget = {} if budget is None else {"budget": budget}
+    with rp.Pool("hotpath", threads=2, queue=256, **on_budget) as pool:
         if args.mode == "roundtrip":
             per_job = asyncio.run(roundtrip(pool, args.jobs))
         else:

@@ -4,11 +4,12 @@
 //! All of [`Idle`] lives under the budget's lock. An idle worker is in
 //! exactly one of `spinner` (at most one spins at a time: the cores are
 //! shared with the submitters) or `sleepers`, until a waker removes it and
-//! stores the reason in its [`Slot`]: [`Wake::Queue`] (counted in
-//! `claimed`: it will look at the queues, so it is a taker for the capacity
-//! rule) or [`Wake::Help`] (it helps with a running job's rayon work first,
-//! not counted). A worker consumes that reason when it wakes and uncounts
-//! itself in its next critical section.
+//! stores the reason in its [`Slot`]: [`Wake::Run`] (a submitter handed it
+//! a job, already started in its name: a job that finds an idle worker
+//! starts at once and never enters a queue), [`Wake::Queue`] (counted in
+//! `claimed`: it will look at the queues) or [`Wake::Help`] (it helps with
+//! a running job's rayon work first, not counted). A worker consumes that
+//! reason when it wakes and uncounts itself in its next critical section.
 //!
 //! Invariants:
 //! * `claimed <= eligible` is restored after every change: a waker claims
@@ -24,6 +25,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::scheduler::Taken;
+
 /// Why a worker was woken (stored in its slot; `None` = not woken).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -33,12 +36,16 @@ pub(crate) enum Wake {
     Queue = 1,
     /// Help with the rayon work of a running job, then look at the queues.
     Help = 2,
+    /// Run the job handed over in the slot.
+    Run = 3,
 }
 
 /// Per-worker parking spot.
 pub(crate) struct Slot {
     wake: AtomicU8,
-    lock: Mutex<()>,
+    /// The job handed over with [`Wake::Run`]; also the lock the worker
+    /// sleeps on.
+    handoff: Mutex<Option<Taken>>,
     signal: Condvar,
 }
 
@@ -46,7 +53,7 @@ impl Slot {
     pub(crate) fn new() -> Self {
         Slot {
             wake: AtomicU8::new(Wake::None as u8),
-            lock: Mutex::new(()),
+            handoff: Mutex::new(None),
             signal: Condvar::new(),
         }
     }
@@ -60,8 +67,16 @@ impl Slot {
     /// Wakes the worker if it sleeps. Called after [`set`](Self::set), with
     /// no budget lock held.
     pub(crate) fn notify(&self) {
-        let _guard = self.lock.lock();
+        let _guard = self.handoff.lock();
         self.signal.notify_one();
+    }
+
+    /// The job handed over with [`Wake::Run`] (once).
+    pub(crate) fn take_handoff(&self) -> Taken {
+        self.handoff
+            .lock()
+            .take()
+            .expect("a worker woken to run was handed a job")
     }
 
     /// Consumes the wake reason, if any.
@@ -69,13 +84,14 @@ impl Slot {
         match self.wake.swap(Wake::None as u8, Ordering::Acquire) {
             1 => Wake::Queue,
             2 => Wake::Help,
+            3 => Wake::Run,
             _ => Wake::None,
         }
     }
 
     /// Sleeps until woken; returns why.
     pub(crate) fn park(&self) -> Wake {
-        let mut guard = self.lock.lock();
+        let mut guard = self.handoff.lock();
         loop {
             match self.take() {
                 Wake::None => self.signal.wait(&mut guard),
@@ -105,9 +121,28 @@ impl Idle {
         }
     }
 
-    /// Idle workers that will look at the queues before sleeping.
-    pub(crate) fn takers(&self) -> usize {
-        self.claimed + self.sleepers.len() + usize::from(self.spinner.is_some())
+    /// Hands `job` (started in the worker's name by the caller) to an
+    /// unclaimed idle worker: the spinner if any (it sees its slot without
+    /// a wake-up), else a sleeper, returned so the caller notifies it after
+    /// unlocking. The job is never queued, so it is not counted in
+    /// `claimed`. `index` comes from [`free_worker`](Self::free_worker).
+    pub(crate) fn hand_off(&mut self, index: usize, job: Taken, slots: &[Slot]) -> Option<usize> {
+        *slots[index].handoff.lock() = Some(job);
+        slots[index].set(Wake::Run);
+        if self.spinner == Some(index) {
+            self.spinner = None;
+            None
+        } else {
+            let popped = self.sleepers.pop();
+            debug_assert_eq!(popped, Some(index));
+            Some(index)
+        }
+    }
+
+    /// An idle, unclaimed worker, the one [`hand_off`](Self::hand_off) gives
+    /// a job to: a job submitted now starts at once on it.
+    pub(crate) fn free_worker(&self) -> Option<usize> {
+        self.spinner.or_else(|| self.sleepers.last().copied())
     }
 
     /// Claims one unclaimed idle worker if `eligible` jobs exceed the

@@ -6,11 +6,12 @@
 //!
 //! # Guarantees
 //!
-//! * **Bounded queue.** A pool accepts a job iff the jobs that would then
-//!   truly wait (queued and not about to be taken by an idle worker) are at
-//!   most `queue_capacity`; otherwise `submit` fails at once with
-//!   [`SubmitError::QueueFull`]. A job submitted while a worker is idle
-//!   starts at once and never counts against the capacity.
+//! * **Bounded queue.** A job submitted while a budget worker is idle (and
+//!   the pool below its cap) is started in that worker's name and handed to
+//!   it: it is `running` from `submit` on and never enters the queue.
+//!   Otherwise it waits in the queue if fewer than `queue_capacity` jobs
+//!   wait, or `submit` fails at once with [`SubmitError::QueueFull`]; no
+//!   snapshot ever shows more than `queue_capacity` jobs waiting.
 //! * **Order.** Higher priority first, FIFO among equal priorities.
 //! * **One terminal state.** `queued -> running -> done | failed |
 //!   cancelled`, `queued -> cancelled | expired`, decided by compare-and-swap

@@ -27,7 +27,7 @@ use crate::drain::Drain;
 use crate::error::{BuildError, SubmitError};
 use crate::job::{JobHandle, JobStatus, JobStop};
 use crate::queue::QueueKey;
-use crate::scheduler::{PoolState, Sched};
+use crate::scheduler::{PoolState, Sched, Taken};
 use crate::stats::{Gauges, PoolStats, Stats};
 use crate::task::{Header, JobCell, Task};
 use crate::token::CancelToken;
@@ -317,8 +317,25 @@ impl Pool {
             shared.finish_claimed(&task);
             return Ok(JobHandle::new(cell));
         }
-        let takers = sched.takers_for(member);
-        if !sched.pool(member).queue.has_room(takers) {
+        if let Some(index) = sched.free_worker_for(member) {
+            // Starts at once on an idle worker, in its name: never queued,
+            // so no timer entry; the worker runs it when it wakes.
+            let started = task.try_start();
+            debug_assert!(started, "a fresh job is queued");
+            sched.begin_job(index, member, now, now);
+            sched.stats_mut(member).submitted += 1;
+            shared.drain.accept();
+            let pool = sched.keep_alive(member);
+            let woken = sched
+                .idle
+                .hand_off(index, Taken { member, pool, task }, budget.slots());
+            drop(sched);
+            if let Some(index) = woken {
+                budget.slot(index).notify();
+            }
+            return Ok(JobHandle::new(cell));
+        }
+        if !sched.pool(member).queue.has_room() {
             sched.stats_mut(member).rejected += 1;
             drop(sched);
             shared.release_registrations(header);
@@ -335,12 +352,6 @@ impl Pool {
         sched.push(member, task, now);
         sched.stats_mut(member).submitted += 1;
         shared.drain.accept();
-        let eligible = sched.eligible();
-        let woken = sched.idle.claim(eligible, budget.slots());
-        drop(sched);
-        if let Some(index) = woken {
-            budget.slot(index).notify();
-        }
         Ok(JobHandle::new(cell))
     }
 
@@ -354,7 +365,7 @@ impl Pool {
         }
         let sched = shared.budget.shared().lock();
         let state = sched.pool(shared.member);
-        !state.closed && state.queue.has_room(sched.takers_for(shared.member))
+        !state.closed && (state.queue.has_room() || sched.free_worker_for(shared.member).is_some())
     }
 
     /// A consistent snapshot (taken under the budget lock).

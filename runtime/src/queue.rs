@@ -19,10 +19,8 @@ impl QueueKey {
 
 /// Jobs that wait for a worker.
 ///
-/// Capacity rule: a job that an idle worker is about to take does not wait.
-/// With `takers` idle workers (notified or not) that will look at the queue
-/// before sleeping, a push is admitted iff `len() < capacity + takers`, so
-/// the jobs that truly wait never exceed `capacity`.
+/// Capacity rule: at most `capacity` jobs wait. A job that finds an idle
+/// worker is handed to it, started, and never enters the queue.
 pub(crate) struct Queue {
     jobs: BTreeMap<QueueKey, Arc<dyn Task>>,
     capacity: usize,
@@ -40,9 +38,9 @@ impl Queue {
         self.jobs.len()
     }
 
-    /// Whether one more job fits, given `takers` idle workers.
-    pub(crate) fn has_room(&self, takers: usize) -> bool {
-        self.jobs.len() < self.capacity.saturating_add(takers)
+    /// Whether one more job may wait.
+    pub(crate) fn has_room(&self) -> bool {
+        self.jobs.len() < self.capacity
     }
 
     pub(crate) fn push(&mut self, job: Arc<dyn Task>) {

@@ -213,15 +213,17 @@ impl Sched {
         result
     }
 
-    /// Idle workers that would take a job of `member` now: at most its
-    /// free cap, and not those the other pools' startable jobs need.
-    pub(crate) fn takers_for(&self, member: usize) -> usize {
+    /// The idle worker a job of `member` submitted now would start on at
+    /// once: one exists and the pool is below its cap. Every job a free
+    /// thread may start is already claimed when a worker is idle and
+    /// unclaimed (see `idle.rs`), so starting this one first is fair.
+    pub(crate) fn free_worker_for(&self, member: usize) -> Option<usize> {
         let state = self.pool(member);
-        let others = self.eligible - state.eligible();
-        state
-            .cap
-            .saturating_sub(state.running)
-            .min(self.idle.takers().saturating_sub(others))
+        if state.running < state.cap {
+            self.idle.free_worker()
+        } else {
+            None
+        }
     }
 
     /// Queues `task` in `member`. A pool that was idle re-enters at no
@@ -274,11 +276,11 @@ impl Sched {
         Some(Taken { member, pool, task })
     }
 
-    fn keep_alive(&self, member: usize) -> Arc<Shared> {
+    pub(crate) fn keep_alive(&self, member: usize) -> Arc<Shared> {
         let held = self.members[member]
             .as_ref()
             .and_then(|m| m.keep_alive.clone());
-        held.expect("a pool with queued jobs is kept alive")
+        held.expect("an open pool, or one with jobs, is kept alive")
     }
 
     /// Worker `index` starts a job of `member` at `now`.

@@ -46,8 +46,15 @@ pub(crate) fn run(budget: &BudgetShared, index: usize) {
     let mut finished: Option<Finished> = None;
     let mut after = Unlocked::default();
     loop {
-        if why == Wake::Help {
-            help_rayon();
+        match why {
+            Wake::Run => {
+                // A submitter started this job in our name (`Idle::hand_off`).
+                let Taken { pool, task, .. } = slot.take_handoff();
+                finished = Some(run_job(budget, index, pool, task));
+                why = Wake::None;
+            }
+            Wake::Help => help_rayon(),
+            Wake::Queue | Wake::None => {}
         }
         let now = Instant::now();
         let (next, woken) = {
@@ -85,18 +92,29 @@ pub(crate) fn run(budget: &BudgetShared, index: usize) {
         why = Wake::None;
         match next {
             Next::Run(Taken { pool, task, .. }) => {
-                pool.release_registrations(task.header());
-                let ctx = JobContext::new(budget, &pool, index, task.header().token.as_ref());
-                // SAFETY: `next_step` won `try_start` for this task.
-                let status = unsafe { task.run(&ctx) };
-                ctx.end();
-                finished = Some(Finished { pool, task, status });
+                finished = Some(run_job(budget, index, pool, task));
             }
             Next::Spin => why = idle_wait(budget, index, true),
             Next::Park => why = idle_wait(budget, index, false),
             Next::Exit => return,
         }
     }
+}
+
+/// Runs a job this worker began (`begin_job` counted it under the lock).
+fn run_job(
+    budget: &BudgetShared,
+    index: usize,
+    pool: Arc<Shared>,
+    task: Arc<dyn Task>,
+) -> Finished {
+    pool.release_registrations(task.header());
+    let ctx = JobContext::new(budget, &pool, index, task.header().token.as_ref());
+    // SAFETY: the caller (`next_step` or the submitter that handed the job
+    // over) won `try_start` for this task, and it runs once, here.
+    let status = unsafe { task.run(&ctx) };
+    ctx.end();
+    Finished { pool, task, status }
 }
 
 /// Under the budget lock: takes the next job to run (expiring those whose

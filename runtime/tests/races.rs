@@ -240,3 +240,41 @@ fn stats_invariant_holds_under_churn() {
     assert!(s.cancelled >= cancelled_by_handle as u64);
     assert_eq!((s.queued, s.running), (0, 0));
 }
+
+/// A job an idle worker was woken for starts at once: snapshots never show
+/// more than `queue_capacity` jobs waiting, also while woken workers have
+/// not yet taken the jobs they were claimed for.
+#[test]
+fn snapshots_never_show_more_waiting_jobs_than_the_capacity() {
+    let pool = pool("claiming", 2, 1);
+    for _ in 0..2_000 {
+        let gate = Gate::new();
+        let mut jobs = Vec::new();
+        for _ in 0..3 {
+            if let Ok(job) = {
+                let gate = gate.clone();
+                pool.submit(
+                    SubmitOptions::default(),
+                    move |_| -> Result<(), JobStop<String>> {
+                        gate.wait();
+                        Ok(())
+                    },
+                )
+            } {
+                jobs.push(job);
+            }
+            let s = pool.stats();
+            assert!(
+                s.queued <= 1,
+                "{} jobs waiting in a queue of 1: {s:?}",
+                s.queued
+            );
+            assert!(s.running <= 2, "{s:?}");
+            assert_invariant(&s);
+        }
+        gate.open();
+        for job in &jobs {
+            assert!(job.wait(Some(Duration::from_secs(10))));
+        }
+    }
+}
