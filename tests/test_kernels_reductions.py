@@ -378,3 +378,19 @@ def test_axis_positional_like_numpy(name):
 def test_axis_bad_type(name):
     with pytest.raises(TypeError):
         getattr(rp, name)(make("float64", (3, 4)), axis=1.5)
+
+
+@pytest.mark.parametrize("axis", (0, -1, 1, -2))
+@pytest.mark.parametrize("name", REDUCTIONS)
+def test_axis_on_0d_input_follows_numpy(name, axis):
+    # NumPy: sum/min/max read axis 0/-1 of a 0-d array as "all", argmin/argmax
+    # view it as 1-d, mean and norm refuse any axis (AxisError, a ValueError).
+    x = np.array(3.5)
+    try:
+        expected = numpy_call(NUMPY_REF[name], x, axis=axis)
+    except (ValueError, IndexError) as exc:
+        with pytest.raises(ValueError, match=str(exc)):
+            getattr(rp, name)(x, axis=axis)
+        return
+    got = getattr(rp, name)(x, axis=axis)
+    assert np.asarray(got) == np.asarray(expected)

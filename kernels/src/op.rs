@@ -109,6 +109,24 @@ impl Op {
             Op::Sum | Op::Mean | Op::Min | Op::Max | Op::Argmin | Op::Argmax | Op::Norm
         )
     }
+
+    /// How the reduction reads `axis` on a 0-d operand, as NumPy does: the
+    /// ufunc reductions take axis 0 or -1 as "all", the arg-reductions view
+    /// the scalar as 1-d, `mean` and `norm` have no axis to reduce.
+    fn scalar_axis(self) -> ScalarAxis {
+        match self {
+            Op::Sum | Op::Min | Op::Max => ScalarAxis::MeansAll,
+            Op::Argmin | Op::Argmax => ScalarAxis::OneDimensional,
+            _ => ScalarAxis::Refused,
+        }
+    }
+}
+
+/// See [`Op::scalar_axis`].
+enum ScalarAxis {
+    MeansAll,
+    OneDimensional,
+    Refused,
 }
 
 /// Optional parameters: `axis` for the reductions (negative counts from the
@@ -191,15 +209,23 @@ pub fn run(
     }
 }
 
-/// Resolves `axis` against `ndim` like NumPy (`AxisError` is a `ValueError`).
-/// A 0-d operand accepts axis 0 and -1 as NumPy does, meaning "all".
+/// Resolves `axis` of reduction `op` against `ndim` like NumPy (`AxisError`
+/// is a `ValueError`); a 0-d operand follows [`Op::scalar_axis`].
 pub(crate) fn normalize_axis(
+    op: Op,
     axis: Option<isize>,
     ndim: usize,
 ) -> Result<Option<usize>, KernelError> {
     let Some(a) = axis else { return Ok(None) };
-    if ndim == 0 && (a == 0 || a == -1) {
-        return Ok(None);
+    let mut ndim = ndim;
+    if ndim == 0 {
+        match op.scalar_axis() {
+            ScalarAxis::MeansAll | ScalarAxis::OneDimensional if a == 0 || a == -1 => {
+                return Ok(None)
+            }
+            ScalarAxis::OneDimensional => ndim = 1,
+            ScalarAxis::MeansAll | ScalarAxis::Refused => {}
+        }
     }
     let n = ndim as isize;
     if a < -n || a >= n {

@@ -325,7 +325,7 @@ pub(crate) fn check(
     axis: Option<isize>,
 ) -> Result<Option<usize>, KernelError> {
     let shape = operand.shape();
-    let axis = normalize_axis(axis, shape.len())?;
+    let axis = normalize_axis(op, axis, shape.len())?;
     let size: usize = shape.iter().product();
     // Length of each reduced run. NumPy refuses an empty run even when there
     // are no runs at all (a (0, 0) array reduced along either axis).
