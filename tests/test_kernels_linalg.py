@@ -267,6 +267,37 @@ def test_cosine_zero_norm_scores_zero(dtype):
     check_against_numpy(rp.cosine_similarity, ref_cosine_similarity, (m, q), (m, q), scale=1.0)
 
 
+@pytest.mark.parametrize(
+    "queries", (None, 3, 40), ids=("one-query", "streamed-batch", "gemm-batch")
+)
+@pytest.mark.parametrize("dtype", ("float32", "float64"))
+def test_cosine_is_scale_free_for_tiny_and_huge_rows(dtype, queries):
+    # Rows whose squares underflow (or overflow) in the dtype still score
+    # their cosine: it does not depend on the vectors' scale.
+    tiny, huge = (1e-22, 1e20) if dtype == "float32" else (1e-160, 1e160)
+    m = make(dtype, (8, 33), seed=4)
+    m[1] *= tiny
+    m[2] *= huge
+    m[3] = 0
+    m[4, :] = 0
+    m[4, 5] = tiny  # one tiny non-zero element
+    q = make(dtype, (33,) if queries is None else (queries, 33), seed=5)
+
+    def rescaled(a):
+        # The same directions at unit scale: the reference's float64 norms
+        # would underflow or overflow on the float64 cases' scales too.
+        a = np.asarray(a, dtype=np.float64)
+        largest = np.max(np.abs(a), axis=-1, keepdims=True)
+        return a / np.where(largest == 0, 1.0, largest)
+
+    for query in (q, q * np.asarray(tiny, dtype=dtype)):
+        got = rp.cosine_similarity(m, query)
+        want = ref_cosine_similarity(rescaled(m), rescaled(query))
+        assert_values(got, want.astype(dtype), scale=1.0, dtype=np.dtype(dtype))
+    got = np.asarray(rp.cosine_similarity(m, q))
+    assert got[3].tolist() == np.zeros_like(got[3]).tolist()  # a zero row scores 0
+
+
 def test_cosine_self_similarity_is_one_and_bounded():
     m = make("float64", (40, 17), seed=3)
     got = rp.cosine_similarity(m, m[7])

@@ -70,10 +70,72 @@ fn score<T: Float>(dot: T, na: T, nb: T) -> T {
     }
 }
 
-fn row_norms<T: Float>(m: Mat<'_, T>) -> Vec<T> {
+fn row_sumsqs<T: Float>(m: Mat<'_, T>) -> Vec<T> {
     (0..m.rows())
-        .map(|r| loops::sumsq(m.row(r).as_slice().expect("unit stride")).sqrt())
+        .map(|r| loops::sumsq(m.row(r).as_slice().expect("unit stride")))
         .collect()
+}
+
+/// Whether a sum of squares is outside the range where the fast kernels'
+/// `dot / (norm * norm)` is accurate: it underflowed towards 0 (a row of
+/// tiny, non-zero values: its squares lose their digits in `T`) or
+/// overflowed. Such rows and queries are scored by [`exact_score`].
+#[inline]
+fn needs_exact<T: Float>(sumsq: T) -> bool {
+    let v = sumsq.to_f64();
+    let smallest = if T::DTYPE == DType::Float32 {
+        1e-30
+    } else {
+        1e-290
+    };
+    v < smallest || !v.is_finite()
+}
+
+/// The cosine of `row` and `q` computed in f64 on both vectors scaled by
+/// their largest magnitude, so it neither underflows nor overflows (cosine
+/// is scale-free); 0 when either is all zeros. The slow path of the rare
+/// rows [`needs_exact`] picks.
+fn exact_score<T: Float>(row: &[T], q: &[T]) -> T {
+    let largest = |v: &[T]| v.iter().fold(0.0f64, |m, x| m.max(x.to_f64().abs()));
+    let (rmax, qmax) = (largest(row), largest(q));
+    if rmax == 0.0 || qmax == 0.0 || !rmax.is_finite() || !qmax.is_finite() {
+        return T::ZERO;
+    }
+    let (mut dot, mut rr, mut qq) = (0.0f64, 0.0f64, 0.0f64);
+    for (&a, &b) in row.iter().zip(q) {
+        let (a, b) = (a.to_f64() / rmax, b.to_f64() / qmax);
+        dot += a * b;
+        rr += a * a;
+        qq += b * b;
+    }
+    T::from_f64(dot / (rr.sqrt() * qq.sqrt()))
+}
+
+/// Re-scores with [`exact_score`] the entries of `out` (`rows x nq`, row
+/// major) whose row or query sum of squares [`needs_exact`].
+fn rescore_out_of_range<T: Float>(
+    m: Mat<'_, T>,
+    q: &[T],
+    row_sumsq: &[T],
+    query_sumsq: &[T],
+    out: &mut [T],
+) {
+    let nq = query_sumsq.len();
+    let d = m.cols();
+    let exact_queries: Vec<bool> = query_sumsq.iter().map(|&s| needs_exact(s)).collect();
+    let any_query = exact_queries.iter().any(|&e| e);
+    for (r, (orow, &rs)) in out.chunks_mut(nq).zip(row_sumsq).enumerate() {
+        let exact_row = needs_exact(rs);
+        if !exact_row && !any_query {
+            continue;
+        }
+        let row = m.row(r).as_slice().expect("unit stride");
+        for (j, o) in orow.iter_mut().enumerate() {
+            if exact_row || exact_queries[j] {
+                *o = exact_score(row, &q[j * d..(j + 1) * d]);
+            }
+        }
+    }
 }
 
 /// Largest query batch scored by the row-streaming kernel, per element
@@ -91,7 +153,8 @@ const fn stream_max_queries(item_bytes: usize) -> usize {
 }
 
 /// Scores every row against the `nq` contiguous queries in `q` (norms `qn`)
-/// with the row-streaming kernel, in chunks of whole rows.
+/// with the row-streaming kernel, in chunks of whole rows (rows whose sum of
+/// squares [`needs_exact`] are re-scored exactly; queries are the caller's).
 fn stream<T: Float>(
     m: Mat<'_, T>,
     q: &[T],
@@ -116,10 +179,15 @@ fn stream<T: Float>(
                 .collect();
             let mut sumsq = vec![T::ZERO; chunk.len()];
             loops::rows_dots_sumsq(&chunk, q, d, piece, &mut sumsq);
-            for (orow, sq) in piece.chunks_mut(nq).zip(sumsq) {
+            for ((orow, sq), row) in piece.chunks_mut(nq).zip(sumsq).zip(&chunk) {
                 let rn = sq.sqrt();
                 for (o, &qn) in orow.iter_mut().zip(qn) {
                     *o = score(*o, rn, qn);
+                }
+                if needs_exact(sq) {
+                    for (j, o) in orow.iter_mut().enumerate() {
+                        *o = exact_score(row, &q[j * d..(j + 1) * d]);
+                    }
                 }
             }
         },
@@ -138,17 +206,26 @@ fn cosine<T: Float>(m: Mat<'_, T>, q: Mat<'_, T>, exec: &dyn Exec) -> Result<Val
     let (rows, d) = (m.rows(), m.cols());
     if q.ndim == 1 {
         let qv = q.row(0).contiguous();
-        let qn = [loops::sumsq(&qv).sqrt()];
-        return Ok(Value::from_vec(stream(m, &qv, &qn, exec)?, vec![rows]));
+        let qs = [loops::sumsq(&qv)];
+        let mut out = stream(m, &qv, &[qs[0].sqrt()], exec)?;
+        if needs_exact(qs[0]) {
+            rescore_out_of_range(m, &qv, &vec![T::ONE; rows], &qs, &mut out);
+        }
+        return Ok(Value::from_vec(out, vec![rows]));
     }
     let nq = q.rows();
     let qv = q.to_contiguous::<T>();
     let q = Mat::from_contiguous(&qv, 2, nq, d);
-    let qn = row_norms(q);
+    let qs = row_sumsqs(q);
+    let qn: Vec<T> = qs.iter().map(|s| s.sqrt()).collect();
     if nq <= stream_max_queries(std::mem::size_of::<T>()) {
-        return Ok(Value::from_vec(stream(m, &qv, &qn, exec)?, vec![rows, nq]));
+        let mut out = stream(m, &qv, &qn, exec)?;
+        if qs.iter().any(|&s| needs_exact(s)) {
+            rescore_out_of_range(m, &qv, &vec![T::ONE; rows], &qs, &mut out);
+        }
+        return Ok(Value::from_vec(out, vec![rows, nq]));
     }
-    let rn = row_norms(m);
+    let rs = row_sumsqs(m);
     let mut out = vec![T::ZERO; rows * nq];
     // SAFETY: m is rows x d, q^T is d x nq (strides swapped), both valid
     // views; out holds rows * nq elements.
@@ -167,11 +244,13 @@ fn cosine<T: Float>(m: Mat<'_, T>, q: Mat<'_, T>, exec: &dyn Exec) -> Result<Val
             exec,
         )?
     };
-    for (orow, &rn) in out.chunks_mut(nq).zip(&rn) {
+    for (orow, &r) in out.chunks_mut(nq).zip(&rs) {
+        let rn = r.sqrt();
         for (o, &qn) in orow.iter_mut().zip(&qn) {
             *o = score(*o, rn, qn);
         }
     }
+    rescore_out_of_range(m, &qv, &rs, &qs, &mut out);
     Ok(Value::from_vec(out, vec![rows, nq]))
 }
 
