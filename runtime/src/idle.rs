@@ -43,9 +43,14 @@ pub(crate) enum Wake {
 /// Per-worker parking spot.
 pub(crate) struct Slot {
     wake: AtomicU8,
-    /// The job handed over with [`Wake::Run`]; also the lock the worker
-    /// sleeps on.
-    handoff: Mutex<Option<Taken>>,
+    /// The job handed over with [`Wake::Run`]: written by the waker under
+    /// the budget lock while the worker is idle, taken by the worker once
+    /// it consumed `Wake::Run`, so never contended. A `std` mutex (a futex
+    /// of its own) rather than `parking_lot`: a contended `parking_lot`
+    /// lock goes through that crate's process-wide table of waiters, which
+    /// a forked child inherits in whatever state a parent thread left it.
+    handoff: std::sync::Mutex<Option<Taken>>,
+    lock: Mutex<()>,
     signal: Condvar,
 }
 
@@ -53,7 +58,8 @@ impl Slot {
     pub(crate) fn new() -> Self {
         Slot {
             wake: AtomicU8::new(Wake::None as u8),
-            handoff: Mutex::new(None),
+            handoff: std::sync::Mutex::new(None),
+            lock: Mutex::new(()),
             signal: Condvar::new(),
         }
     }
@@ -67,14 +73,22 @@ impl Slot {
     /// Wakes the worker if it sleeps. Called after [`set`](Self::set), with
     /// no budget lock held.
     pub(crate) fn notify(&self) {
-        let _guard = self.handoff.lock();
+        let _guard = self.lock.lock();
         self.signal.notify_one();
+    }
+
+    fn hand_over(&self, job: Taken) {
+        *self
+            .handoff
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(job);
     }
 
     /// The job handed over with [`Wake::Run`] (once).
     pub(crate) fn take_handoff(&self) -> Taken {
         self.handoff
             .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take()
             .expect("a worker woken to run was handed a job")
     }
@@ -91,7 +105,7 @@ impl Slot {
 
     /// Sleeps until woken; returns why.
     pub(crate) fn park(&self) -> Wake {
-        let mut guard = self.handoff.lock();
+        let mut guard = self.lock.lock();
         loop {
             match self.take() {
                 Wake::None => self.signal.wait(&mut guard),
@@ -127,7 +141,7 @@ impl Idle {
     /// unlocking. The job is never queued, so it is not counted in
     /// `claimed`. `index` comes from [`free_worker`](Self::free_worker).
     pub(crate) fn hand_off(&mut self, index: usize, job: Taken, slots: &[Slot]) -> Option<usize> {
-        *slots[index].handoff.lock() = Some(job);
+        slots[index].hand_over(job);
         slots[index].set(Wake::Run);
         if self.spinner == Some(index) {
             self.spinner = None;
