@@ -16,7 +16,7 @@
 //! `asyncio.CancelledError` (a Task that wakes on a cancelled job sees an
 //! `asyncio.CancelledError` and ends cancelled, not failed).
 
-use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyMemoryError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyDict, PyTuple, PyType};
@@ -184,6 +184,7 @@ pub fn kernel_error(py: Python<'_>, error: KernelError) -> PyErr {
         KernelError::Value(message) => PyValueError::new_err(message),
         KernelError::Type(message) => PyTypeError::new_err(message),
         KernelError::Overflow(message) => PyOverflowError::new_err(message),
+        error @ KernelError::Memory { .. } => PyMemoryError::new_err(error.to_string()),
         KernelError::Cancelled => job_cancelled(py, "the kernel observed its cancel token".into()),
     }
 }

@@ -5,8 +5,9 @@ use std::fmt;
 /// Why a kernel call was refused or stopped.
 ///
 /// Each variant maps to one Python exception in the bindings: `Value` to
-/// `ValueError`, `Type` to `TypeError`, `Overflow` to `OverflowError` and
-/// `Cancelled` to the runtime's cancellation error. Messages follow NumPy's
+/// `ValueError`, `Type` to `TypeError`, `Overflow` to `OverflowError`,
+/// `Memory` to `MemoryError` and `Cancelled` to the runtime's cancellation
+/// error. Messages follow NumPy's
 /// wording for the same problem so that users see familiar text.
 #[derive(Debug, Clone, PartialEq)]
 pub enum KernelError {
@@ -16,6 +17,11 @@ pub enum KernelError {
     Type(String),
     /// A Python integer that does not fit the array's integer dtype (NEP 50).
     Overflow(String),
+    /// An output or scratch buffer of `bytes` bytes that `kernel` needed
+    /// could not be allocated (refused before trying when it exceeds
+    /// `alloc_limit()`, else refused by the allocator). Nothing was
+    /// returned; the process keeps running.
+    Memory { kernel: &'static str, bytes: u128 },
     /// The job was cancelled between two chunks of work.
     Cancelled,
 }
@@ -26,6 +32,11 @@ impl fmt::Display for KernelError {
             KernelError::Value(m) | KernelError::Type(m) | KernelError::Overflow(m) => {
                 f.write_str(m)
             }
+            KernelError::Memory { kernel, bytes } => write!(
+                f,
+                "{kernel}: unable to allocate {bytes} bytes ({:.2} GiB)",
+                *bytes as f64 / (1u64 << 30) as f64
+            ),
             KernelError::Cancelled => f.write_str("kernel cancelled"),
         }
     }

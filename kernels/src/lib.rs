@@ -5,6 +5,7 @@
 //!
 //! Entry points: [`check`] (metadata only) and [`run`]. See `docs/kernels.md`.
 
+mod alloc;
 mod array;
 mod dtype;
 mod error;
@@ -16,6 +17,7 @@ mod ops;
 mod promote;
 mod view;
 
+pub use alloc::alloc_limit;
 pub use array::{Array, Buffer, Scalar, Value};
 pub use dtype::{cast, DType, Element, Float};
 pub use error::KernelError;

@@ -1,11 +1,13 @@
 //! The operation table (`Op`, `Params`) and the two entry points: `check`
 //! (metadata only, before a job is queued) and `run`.
 
+use crate::alloc;
 use crate::array::Value;
+use crate::dtype::DType;
 use crate::error::{shape_str, value_error, KernelError};
 use crate::exec::Exec;
 use crate::ops;
-use crate::promote::{result_type, WeakIntPolicy};
+use crate::promote::{promote_types, result_type, strong_dtype, WeakIntPolicy};
 use crate::view::Operand;
 
 /// Every kernel the library offers.
@@ -160,24 +162,70 @@ pub fn check(op: Op, operands: &[Operand<'_>], params: &Params) -> Result<(), Ke
             op.name()
         )));
     }
+    let name = op.name();
     match op {
-        Op::Dot => ops::dot::check_dot(&operands[0], &operands[1]).map(|_| ()),
-        Op::Matmul => ops::dot::check_matmul(&operands[0], &operands[1]).map(|_| ()),
+        Op::Dot => {
+            let shape = ops::dot::check_dot(&operands[0], &operands[1])?;
+            let dt = promote_types(strong_dtype(&operands[0]), strong_dtype(&operands[1]));
+            check_output(name, &shape, operands, dt)
+        }
+        Op::Matmul => {
+            let shape = ops::dot::check_matmul(&operands[0], &operands[1])?;
+            let dt = promote_types(strong_dtype(&operands[0]), strong_dtype(&operands[1]));
+            check_output(name, &shape, operands, dt)
+        }
         Op::Sum | Op::Mean | Op::Min | Op::Max | Op::Argmin | Op::Argmax | Op::Norm => {
             ops::reduce::check(op, &operands[0], params.axis).map(|_| ())
         }
         Op::Add | Op::Subtract | Op::Multiply | Op::Divide | Op::Scale => {
-            ops::elementwise::broadcast_shape(operands)?;
-            result_type(operands, WeakIntPolicy::Raise).map(|_| ())
+            let shape = ops::elementwise::broadcast_shape(operands)?;
+            let dt = result_type(operands, WeakIntPolicy::Raise)?;
+            let dt = if op == Op::Divide && !dt.is_float() {
+                DType::Float64
+            } else {
+                dt
+            };
+            check_output(name, &shape, operands, dt)
         }
         Op::Clip => {
-            ops::elementwise::broadcast_shape(operands)?;
-            result_type(operands, WeakIntPolicy::Saturate).map(|_| ())
+            let shape = ops::elementwise::broadcast_shape(operands)?;
+            let dt = result_type(operands, WeakIntPolicy::Saturate)?;
+            check_output(name, &shape, operands, dt)
         }
-        Op::CosineSimilarity => ops::cosine::check(&operands[0], &operands[1]),
+        Op::CosineSimilarity => {
+            let shape = ops::cosine::check(&operands[0], &operands[1])?;
+            check_output(name, &shape, operands, DType::Float64)
+        }
         Op::Topk => ops::topk::check(&operands[0], params.k).map(|_| ()),
-        Op::CosineTopk => ops::cosine_topk::check(&operands[0], &operands[1], params.k).map(|_| ()),
+        Op::CosineTopk => {
+            ops::cosine_topk::check(&operands[0], &operands[1], params.k)?;
+            let shape = ops::cosine::check(&operands[0], &operands[1])?;
+            check_output(name, &shape, operands, DType::Float64)
+        }
     }
+}
+
+/// The output of `kernel` (logical `shape`, dtype `dt`) can exist: its
+/// element count must not overflow `usize` (`ValueError` naming the
+/// operands' shapes and the output shape) and its bytes must fit one
+/// allocation (`Memory`). Checked before anything is allocated or queued;
+/// every kernel computes its output size with plain multiplication after
+/// this check.
+fn check_output(
+    kernel: &'static str,
+    shape: &[usize],
+    operands: &[Operand<'_>],
+    dt: DType,
+) -> Result<(), KernelError> {
+    let Some(n) = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) else {
+        let inputs: Vec<String> = operands.iter().map(|o| shape_str(o.shape())).collect();
+        return Err(value_error(format!(
+            "{kernel}: output shape {} of operands with shapes {} has more elements than fit in memory addresses (the product overflows)",
+            shape_str(shape),
+            inputs.join(" ")
+        )));
+    };
+    alloc::check_bytes(kernel, n, dt.itemsize())
 }
 
 /// Run the kernel. Results follow NumPy 2 dtype (NEP 50) and shape rules for the same call.
@@ -194,14 +242,27 @@ pub fn run(
         Op::Sum | Op::Mean | Op::Min | Op::Max | Op::Argmin | Op::Argmax | Op::Norm => {
             ops::reduce::reduce(op, &operands[0], params.axis, exec)
         }
-        Op::Add => ops::elementwise::binary(ops::elementwise::BinaryOp::Add, operands, exec),
-        Op::Subtract => {
-            ops::elementwise::binary(ops::elementwise::BinaryOp::Subtract, operands, exec)
+        Op::Add => {
+            ops::elementwise::binary(ops::elementwise::BinaryOp::Add, operands, op.name(), exec)
         }
-        Op::Multiply | Op::Scale => {
-            ops::elementwise::binary(ops::elementwise::BinaryOp::Multiply, operands, exec)
-        }
-        Op::Divide => ops::elementwise::binary(ops::elementwise::BinaryOp::Divide, operands, exec),
+        Op::Subtract => ops::elementwise::binary(
+            ops::elementwise::BinaryOp::Subtract,
+            operands,
+            op.name(),
+            exec,
+        ),
+        Op::Multiply | Op::Scale => ops::elementwise::binary(
+            ops::elementwise::BinaryOp::Multiply,
+            operands,
+            op.name(),
+            exec,
+        ),
+        Op::Divide => ops::elementwise::binary(
+            ops::elementwise::BinaryOp::Divide,
+            operands,
+            op.name(),
+            exec,
+        ),
         Op::Clip => ops::elementwise::clip(operands, exec),
         Op::CosineSimilarity => ops::cosine::cosine_similarity(&operands[0], &operands[1], exec),
         Op::Topk => ops::topk::topk(&operands[0], params.k, exec),

@@ -153,6 +153,13 @@ impl<'a> ArrayView<'a> {
         true
     }
 
+    /// True when every element is the same memory (each dimension longer
+    /// than one has stride 0: a broadcast scalar); such a view is read as
+    /// one scalar.
+    pub fn is_constant(&self) -> bool {
+        self.byte_strides().iter().all(|&s| s == 0)
+    }
+
     /// The typed 2-D form; `T` must be this view's dtype.
     pub(crate) fn mat<T: Element>(&self) -> Mat<'a, T> {
         assert_eq!(T::DTYPE, self.dtype, "view dtype mismatch");
@@ -303,6 +310,12 @@ impl<'a, T: Element> Mat<'a, T> {
             && (self.shape[0] <= 1 || self.strides[0] == self.shape[1] as isize)
     }
 
+    /// True when every element is the same memory (stride 0 in each
+    /// dimension longer than one).
+    pub fn is_constant(&self) -> bool {
+        (self.shape[0] <= 1 || self.strides[0] == 0) && (self.shape[1] <= 1 || self.strides[1] == 0)
+    }
+
     /// All elements in C order as one slice, when the layout allows it.
     pub fn as_slice(&self) -> Option<&'a [T]> {
         if self.is_c_contiguous() {
@@ -313,16 +326,22 @@ impl<'a, T: Element> Mat<'a, T> {
         }
     }
 
-    /// All elements in C order converted to `D`, borrowed when no work is needed.
-    pub fn to_contiguous<D: Element>(self) -> Cow<'a, [D]> {
+    /// All elements in C order converted to `D`, borrowed when no work is
+    /// needed, else one copy allocated fallibly (`kernel` names the caller
+    /// in a `Memory` error). Only for kernels that need one typed,
+    /// unit-stride operand (GEMM packing aside): dot/cosine of mixed dtypes.
+    pub fn to_contiguous<D: Element>(
+        self,
+        kernel: &'static str,
+    ) -> Result<Cow<'a, [D]>, KernelError> {
         if D::DTYPE == T::DTYPE {
             if let Some(s) = self.as_slice() {
                 // SAFETY: D and T are the same type (sealed Element, same DTYPE).
                 let s: &'a [D] = unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), s.len()) };
-                return Cow::Borrowed(s);
+                return Ok(Cow::Borrowed(s));
             }
         }
-        let mut out = Vec::with_capacity(self.len());
+        let mut out = crate::alloc::with_capacity(kernel, self.len())?;
         for r in 0..self.rows() {
             let lane = self.row(r);
             match lane.as_slice() {
@@ -330,7 +349,7 @@ impl<'a, T: Element> Mat<'a, T> {
                 None => out.extend((0..lane.len).map(|i| cast::<T, D>(lane.get(i)))),
             }
         }
-        Cow::Owned(out)
+        Ok(Cow::Owned(out))
     }
 }
 
@@ -343,6 +362,11 @@ pub(crate) struct Lane<'a, T> {
     pub stride: isize,
     _life: PhantomData<&'a [T]>,
 }
+
+// SAFETY: read-only strided view inside a valid `Mat` (see ArrayView).
+unsafe impl<T: Sync> Send for Lane<'_, T> {}
+// SAFETY: as above.
+unsafe impl<T: Sync> Sync for Lane<'_, T> {}
 
 impl<'a, T: Element> Lane<'a, T> {
     #[inline(always)]
@@ -362,11 +386,32 @@ impl<'a, T: Element> Lane<'a, T> {
         }
     }
 
-    /// The lane's elements, borrowed when contiguous, else gathered once.
-    pub fn contiguous(&self) -> Cow<'a, [T]> {
+    /// The lane's elements, borrowed when contiguous, else gathered once
+    /// (allocated fallibly; `kernel` names the caller in a `Memory` error).
+    pub fn contiguous(&self, kernel: &'static str) -> Result<Cow<'a, [T]>, KernelError> {
         match self.as_slice() {
-            Some(s) => Cow::Borrowed(s),
-            None => Cow::Owned((0..self.len).map(|i| self.get(i)).collect()),
+            Some(s) => Ok(Cow::Borrowed(s)),
+            None => {
+                let mut v = crate::alloc::with_capacity(kernel, self.len)?;
+                v.extend((0..self.len).map(|i| self.get(i)));
+                Ok(Cow::Owned(v))
+            }
+        }
+    }
+
+    /// Elements `range` of the lane, borrowed when contiguous, else
+    /// gathered into `buf` (cleared first).
+    pub fn run<'b>(&self, range: std::ops::Range<usize>, buf: &'b mut Vec<T>) -> &'b [T]
+    where
+        'a: 'b,
+    {
+        match self.as_slice() {
+            Some(s) => &s[range],
+            None => {
+                buf.clear();
+                buf.extend(range.map(|i| self.get(i)));
+                buf
+            }
         }
     }
 }

@@ -113,6 +113,19 @@ multiversion! {
     /// Sum of the elements converted to f64 (integer `mean`).
     fn sum_f64<T: Element>(x: &[T]) -> f64 = sum_f64_body;
 }
+#[inline(always)]
+fn sumsq_f64_body<T: Element>(x: &[T]) -> f64 {
+    mapped_sum(x, |v: T| {
+        let f = v.to_f64();
+        f * f
+    })
+}
+
+multiversion! {
+    /// Sum of the squares of the elements converted to f64 (integer `norm`;
+    /// bit-identical to `sumsq` of the converted elements).
+    fn sumsq_f64<T: Element>(x: &[T]) -> f64 = sumsq_f64_body;
+}
 multiversion! {
     /// Sum of squares (`norm`).
     fn sumsq<T: Float>(x: &[T]) -> T = sumsq_body;

@@ -3,6 +3,7 @@
 //! as `matrix @ queries.T` normalised). A zero-norm row or query scores 0.
 //! Integer inputs compute in float64; float32 stays float32.
 
+use crate::alloc;
 use crate::array::Value;
 use crate::dtype::{with_float_dtype, DType, Float};
 use crate::error::{shape_str, value_error, KernelError};
@@ -13,6 +14,9 @@ use crate::ops::operand::Typed;
 use crate::promote::promote_types;
 use crate::view::{Mat, Operand};
 
+/// The kernel named in `Memory` errors (`cosine_topk` scores through it too).
+const KERNEL: &str = "cosine_similarity";
+
 fn array_shape<'o>(op: &'o Operand<'_>, what: &str) -> Result<&'o [usize], KernelError> {
     match op {
         Operand::Array(v) => Ok(v.shape()),
@@ -22,8 +26,9 @@ fn array_shape<'o>(op: &'o Operand<'_>, what: &str) -> Result<&'o [usize], Kerne
     }
 }
 
-/// Validates shapes: matrix `(rows, d)`, query `(d,)` or `(queries, d)`.
-pub(crate) fn check(matrix: &Operand<'_>, query: &Operand<'_>) -> Result<(), KernelError> {
+/// Validates shapes: matrix `(rows, d)`, query `(d,)` or `(queries, d)`;
+/// returns the output shape, `(rows,)` or `(rows, queries)`.
+pub(crate) fn check(matrix: &Operand<'_>, query: &Operand<'_>) -> Result<Vec<usize>, KernelError> {
     let (sm, sq) = (array_shape(matrix, "matrix")?, array_shape(query, "query")?);
     if sm.len() != 2 {
         return Err(value_error(format!(
@@ -45,7 +50,10 @@ pub(crate) fn check(matrix: &Operand<'_>, query: &Operand<'_>) -> Result<(), Ker
             sq[sq.len() - 1]
         )));
     }
-    Ok(())
+    Ok(match sq {
+        [_] => vec![sm[0]],
+        _ => vec![sm[0], sq[0]],
+    })
 }
 
 fn result_dtype(matrix: &Operand<'_>, query: &Operand<'_>) -> DType {
@@ -162,7 +170,7 @@ fn stream<T: Float>(
     exec: &dyn Exec,
 ) -> Result<Vec<T>, KernelError> {
     let (rows, d, nq) = (m.rows(), m.cols(), qn.len());
-    let mut out = vec![T::ZERO; rows * nq];
+    let mut out = alloc::zeroed::<T>(KERNEL, rows * nq)?;
     if nq == 0 {
         return Ok(out);
     }
@@ -200,12 +208,12 @@ fn cosine<T: Float>(m: Mat<'_, T>, q: Mat<'_, T>, exec: &dyn Exec) -> Result<Val
     let m = if m.cols() <= 1 || m.strides[1] == 1 {
         m
     } else {
-        owned = m.to_contiguous::<T>().into_owned();
+        owned = m.to_contiguous::<T>(KERNEL)?.into_owned();
         Mat::from_contiguous(&owned, 2, m.rows(), m.cols())
     };
     let (rows, d) = (m.rows(), m.cols());
     if q.ndim == 1 {
-        let qv = q.row(0).contiguous();
+        let qv = q.row(0).contiguous(KERNEL)?;
         let qs = [loops::sumsq(&qv)];
         let mut out = stream(m, &qv, &[qs[0].sqrt()], exec)?;
         if needs_exact(qs[0]) {
@@ -214,7 +222,7 @@ fn cosine<T: Float>(m: Mat<'_, T>, q: Mat<'_, T>, exec: &dyn Exec) -> Result<Val
         return Ok(Value::from_vec(out, vec![rows]));
     }
     let nq = q.rows();
-    let qv = q.to_contiguous::<T>();
+    let qv = q.to_contiguous::<T>(KERNEL)?;
     let q = Mat::from_contiguous(&qv, 2, nq, d);
     let qs = row_sumsqs(q);
     let qn: Vec<T> = qs.iter().map(|s| s.sqrt()).collect();
@@ -226,7 +234,7 @@ fn cosine<T: Float>(m: Mat<'_, T>, q: Mat<'_, T>, exec: &dyn Exec) -> Result<Val
         return Ok(Value::from_vec(out, vec![rows, nq]));
     }
     let rs = row_sumsqs(m);
-    let mut out = vec![T::ZERO; rows * nq];
+    let mut out = alloc::zeroed::<T>(KERNEL, rows * nq)?;
     // SAFETY: m is rows x d, q^T is d x nq (strides swapped), both valid
     // views; out holds rows * nq elements.
     unsafe {
@@ -263,7 +271,7 @@ pub(crate) fn cosine_similarity(
     check(matrix, query)?;
     let dt = result_dtype(matrix, query);
     with_float_dtype!(dt, T => {
-        let (tm, tq) = (Typed::<T>::new(matrix), Typed::<T>::new(query));
+        let (tm, tq) = (Typed::<T>::new(matrix, KERNEL)?, Typed::<T>::new(query, KERNEL)?);
         cosine::<T>(tm.mat(), tq.mat(), exec)
     })
 }

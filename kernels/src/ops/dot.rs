@@ -3,6 +3,7 @@
 //! Vector-vector and matrix-vector products use the dot / axpy loops,
 //! matrix-matrix products the GEMM. A 0-d operand makes `dot` a multiply.
 
+use crate::alloc;
 use crate::array::Value;
 use crate::dtype::Element;
 use crate::error::{value_error, KernelError};
@@ -83,12 +84,12 @@ pub(crate) fn dot(a: &Operand<'_>, b: &Operand<'_>, exec: &dyn Exec) -> Result<V
         };
         let ((ia, fa), (ib, fb)) = (scalars(a), scalars(b));
         let ops = [strong(a, &ia, &fa)?, strong(b, &ib, &fb)?];
-        return binary(BinaryOp::Multiply, &ops, exec);
+        return binary(BinaryOp::Multiply, &ops, "dot", exec);
     }
     let dt = promote_types(strong_dtype(a), strong_dtype(b));
     with_dtype!(dt, T => {
-        let (ta, tb) = (Typed::<T>::new(a), Typed::<T>::new(b));
-        products::<T>(ta.mat(), tb.mat(), shape, exec)
+        let (ta, tb) = (Typed::<T>::new(a, "dot")?, Typed::<T>::new(b, "dot")?);
+        products::<T>(ta.mat(), tb.mat(), shape, "dot", exec)
     })
 }
 
@@ -101,41 +102,47 @@ pub(crate) fn matmul(
     let shape = check_matmul(a, b)?;
     let dt = promote_types(strong_dtype(a), strong_dtype(b));
     with_dtype!(dt, T => {
-        let (ta, tb) = (Typed::<T>::new(a), Typed::<T>::new(b));
-        products::<T>(ta.mat(), tb.mat(), shape, exec)
+        let (ta, tb) = (Typed::<T>::new(a, "matmul")?, Typed::<T>::new(b, "matmul")?);
+        products::<T>(ta.mat(), tb.mat(), shape, "matmul", exec)
     })
 }
 
 /// Product of `a` (1-D as a row, or 2-D) and `b` (1-D as a column, or 2-D).
+/// Operands are read in place (strided vectors a chunk at a time, GEMM
+/// packs blocks); only a strided vector operand of a matrix product is
+/// gathered once (it is the small side). `kernel` names the caller in a
+/// `Memory` error.
 fn products<T: Element>(
     a: Mat<'_, T>,
     b: Mat<'_, T>,
     shape: Vec<usize>,
+    kernel: &'static str,
     exec: &dyn Exec,
 ) -> Result<Value, KernelError> {
     let item = std::mem::size_of::<T>();
     match (a.ndim, b.ndim) {
         (1, 1) => {
-            let (x, y) = (a.row(0).contiguous(), b.row(0).contiguous());
-            let parts = map_chunks(exec, x.len(), chunk_items(2 * item), 2 * item, |r| {
-                loops::dot(&x[r.clone()], &y[r])
+            let (x, y) = (a.row(0), b.row(0));
+            let parts = map_chunks(exec, x.len, chunk_items(2 * item), 2 * item, |r| {
+                let (mut bx, mut by) = (Vec::new(), Vec::new());
+                loops::dot(x.run(r.clone(), &mut bx), y.run(r, &mut by))
             })?;
             Ok(Value::Scalar(loops::pairwise_sum(&parts).into_scalar()))
         }
         (2, 1) => {
-            let v = b.row(0).contiguous();
-            let out = matvec(a, &v, exec)?;
+            let v = b.row(0).contiguous(kernel)?;
+            let out = matvec(a, &v, kernel, exec)?;
             Ok(Value::from_vec(out, shape))
         }
         (1, 2) => {
             // v @ B == (B^T) @ v
-            let v = a.row(0).contiguous();
-            let out = matvec(b.t(), &v, exec)?;
+            let v = a.row(0).contiguous(kernel)?;
+            let out = matvec(b.t(), &v, kernel, exec)?;
             Ok(Value::from_vec(out, shape))
         }
         _ => {
             let (m, k, n) = (a.rows(), a.cols(), b.cols());
-            let mut c = vec![T::ZERO; m * n];
+            let mut c = alloc::zeroed::<T>(kernel, m * n)?;
             // SAFETY: a is m x k and b is k x n views valid for reads at
             // their element strides, and c holds m * n elements.
             unsafe {
@@ -158,16 +165,22 @@ fn products<T: Element>(
     }
 }
 
-/// `A @ v` for a 2-D `A` (rows x k) and contiguous `v` (k).
+/// `A @ v` for a 2-D `A` (rows x k, read in place) and contiguous `v` (k).
 pub(crate) fn matvec<T: Element>(
     a: Mat<'_, T>,
     v: &[T],
+    kernel: &'static str,
     exec: &dyn Exec,
 ) -> Result<Vec<T>, KernelError> {
     let (rows, k) = (a.rows(), a.cols());
     let item = std::mem::size_of::<T>();
-    let mut out = vec![T::ZERO; rows];
-    if k <= 1 || a.strides[1] == 1 {
+    let mut out = alloc::zeroed::<T>(kernel, rows)?;
+    if rows > 1 && a.strides[0] == 0 {
+        // Equal rows (a broadcast): one dot, repeated.
+        let mut buf = Vec::new();
+        let d = loops::dot(a.row(0).run(0..k, &mut buf), v);
+        out.fill(d);
+    } else if k <= 1 || a.strides[1] == 1 {
         // Rows are contiguous: one dot per row.
         let per_row = (k * item).max(1);
         fill_chunks(
@@ -198,8 +211,20 @@ pub(crate) fn matvec<T: Element>(
             },
         )?;
     } else {
-        let owned = a.to_contiguous::<T>().into_owned();
-        return matvec(Mat::from_contiguous(&owned, 2, rows, k), v, exec);
+        // Neither stride is one: each row gathered into a scratch row.
+        let per_row = (k * item).max(1);
+        fill_chunks(
+            exec,
+            &mut out,
+            chunk_items(per_row),
+            per_row,
+            |start, piece| {
+                let mut buf = Vec::new();
+                for (i, o) in piece.iter_mut().enumerate() {
+                    *o = loops::dot(a.row(start + i).run(0..k, &mut buf), v);
+                }
+            },
+        )?;
     }
     Ok(out)
 }

@@ -1,10 +1,15 @@
 //! Broadcasting ufuncs: add, subtract, multiply, divide (and scale), clip.
 //!
 //! Layout is chosen once per call: when every operand is C-contiguous with
-//! the output's shape or a scalar, the whole call is one flat run through
-//! the vectorised loops; otherwise rows are processed one by one, each row
-//! of each operand being contiguous, broadcast (stride 0) or gathered.
+//! the output's shape or constant (a scalar, or a broadcast view whose
+//! strides are all zero), the whole call is one flat run through the
+//! vectorised loops; otherwise the output is walked row by row in flat
+//! chunks, each run of each operand's row being contiguous (read in place),
+//! broadcast (stride 0 along the row: read as a scalar) or strided
+//! (gathered into a stack block of `CONVERT_BLOCK`). No operand is ever
+//! copied whole; the output is the only allocation (`alloc::zeroed`).
 
+use crate::alloc;
 use crate::array::Value;
 use crate::dtype::{cast, with_float_dtype, DType, Element};
 use crate::error::{shape_str, value_error, KernelError};
@@ -57,18 +62,16 @@ fn out_dims(shape: &[usize]) -> [usize; 2] {
     }
 }
 
-/// One operand's row `r` of the broadcast output.
+/// One operand's part of a run of output elements.
 enum Row<'a, T> {
     Slice(&'a [T]),
     Scalar(T),
-    Gathered(Vec<T>),
 }
 
 impl<T: Element> Row<'_, T> {
     fn as_slice(&self) -> Option<&[T]> {
         match self {
             Row::Slice(s) => Some(s),
-            Row::Gathered(v) => Some(v),
             Row::Scalar(_) => None,
         }
     }
@@ -82,15 +85,9 @@ enum Data<'a, T> {
     Foreign(ArrayView<'a>),
 }
 
-/// `len` elements of row `r` of a foreign view from column `c0`, converted to `T`.
-fn convert<T: Element>(v: &ArrayView<'_>, r: usize, c0: usize, len: usize) -> Vec<T> {
-    with_dtype!(v.dtype(), S => {
-        let lane = v.mat::<S>().row(r);
-        match lane.as_slice() {
-            Some(x) => x[c0..c0 + len].iter().map(|&e| cast::<S, T>(e)).collect(),
-            None => (c0..c0 + len).map(|i| cast::<S, T>(lane.get(i))).collect(),
-        }
-    })
+/// Element `(r, c)` of a foreign view, converted to `T`.
+fn convert_one<T: Element>(v: &ArrayView<'_>, r: usize, c: usize) -> T {
+    with_dtype!(v.dtype(), S => cast::<S, T>(v.mat::<S>().get(r, c)))
 }
 
 /// Converts `out.len()` elements of row `r` of a foreign view, from column `c0`, into `out`.
@@ -113,10 +110,12 @@ fn convert_into<T: Element>(v: &ArrayView<'_>, r: usize, c0: usize, out: &mut [T
     })
 }
 
-/// Elements converted per block on the flat path: stays in L1, on the stack.
+/// Elements converted or gathered per block: stays in L1, on the stack.
 const CONVERT_BLOCK: usize = 1024;
 
-/// An operand broadcast against `[rows, cols]`.
+/// An operand broadcast against `[rows, cols]`, read in place: a broadcast
+/// (zero-stride) operand is read as a scalar, a strided one gathered a
+/// block at a time, one of another dtype converted a block at a time.
 #[derive(Clone, Copy)]
 struct Bcast<'a, T> {
     data: Data<'a, T>,
@@ -161,30 +160,70 @@ impl<'a, T: Element> Bcast<'a, T> {
         }
     }
 
-    fn row(&self, r: usize) -> Row<'a, T> {
+    /// True when one output row sees a single value of this operand
+    /// (broadcast along columns, or stride 0 along them).
+    fn row_scalar(&self) -> bool {
+        self.shape[1] == 1
+            || match self.data {
+                Data::Native(m) => m.strides[1] == 0,
+                Data::Foreign(v) => v.byte_strides().last().is_none_or(|&s| s == 0),
+            }
+    }
+
+    /// True when reading a run of a row needs a block buffer (a strided
+    /// lane or another dtype).
+    fn needs_buffer(&self) -> bool {
+        !self.row_scalar()
+            && match self.data {
+                Data::Native(m) => m.strides[1] != 1,
+                Data::Foreign(_) => true,
+            }
+    }
+
+    /// Columns `c0..c0 + len` of output row `r`; gathered or converted into
+    /// `buf` when needed (`len <= CONVERT_BLOCK` then).
+    fn seg<'r>(
+        &self,
+        r: usize,
+        c0: usize,
+        len: usize,
+        buf: &'r mut [T; CONVERT_BLOCK],
+    ) -> Row<'r, T>
+    where
+        'a: 'r,
+    {
         let r = if self.shape[0] == 1 { 0 } else { r };
-        let scalar = self.shape[1] == 1 && self.cols != 1;
+        let scalar = self.row_scalar();
         match self.data {
             Data::Native(m) if scalar => Row::Scalar(m.get(r, 0)),
             Data::Native(m) => {
                 let lane = m.row(r);
                 match lane.as_slice() {
-                    Some(s) => Row::Slice(s),
-                    None => Row::Gathered((0..lane.len).map(|i| lane.get(i)).collect()),
+                    Some(s) => Row::Slice(&s[c0..c0 + len]),
+                    None => {
+                        for (i, o) in buf[..len].iter_mut().enumerate() {
+                            *o = lane.get(c0 + i);
+                        }
+                        Row::Slice(&buf[..len])
+                    }
                 }
             }
-            Data::Foreign(v) if scalar => Row::Scalar(convert::<T>(&v, r, 0, 1)[0]),
-            Data::Foreign(v) => Row::Gathered(convert(&v, r, 0, self.shape[1])),
+            Data::Foreign(v) if scalar => Row::Scalar(convert_one::<T>(&v, r, 0)),
+            Data::Foreign(v) => {
+                convert_into(&v, r, c0, &mut buf[..len]);
+                Row::Slice(&buf[..len])
+            }
         }
     }
 
     fn flat(&self, rows: usize) -> Option<Flat<'a, T>> {
-        let single = self.shape[0] * self.shape[1] == 1;
         let full = self.shape == [rows, self.cols];
         match self.data {
-            Data::Native(m) if single => Some(Flat::Scalar(m.get(0, 0))),
+            Data::Native(m) if m.len() > 0 && m.is_constant() => Some(Flat::Scalar(m.get(0, 0))),
             Data::Native(m) if full => m.as_slice().map(Flat::Slice),
-            Data::Foreign(v) if single => Some(Flat::Scalar(convert::<T>(&v, 0, 0, 1)[0])),
+            Data::Foreign(v) if !v.is_empty() && v.is_constant() => {
+                Some(Flat::Scalar(convert_one::<T>(&v, 0, 0)))
+            }
             Data::Foreign(v) if full && v.is_c_contiguous() => Some(Flat::Foreign(v)),
             _ => None,
         }
@@ -284,19 +323,34 @@ fn fill_broadcast<T: Element, const N: usize>(
             |start, piece| flat_blocks(&flats, start, piece, &f),
         );
     }
-    let Some(rows_per_chunk) = chunk_items(per_item).checked_div(cols) else {
+    if cols == 0 {
         return Ok(()); // no columns: nothing to write
-    };
-    let rows_per_chunk = rows_per_chunk.max(1);
+    }
+    // Row by row, in flat chunks of the output (a chunk may start and end
+    // inside a row); runs of a row are cut to CONVERT_BLOCK when an operand
+    // needs a buffer.
+    let buffered = ops.iter().any(Bcast::needs_buffer);
     fill_chunks(
         exec,
         out,
-        rows_per_chunk * cols,
+        chunk_items(per_item),
         per_item,
         |start, piece| {
-            for (i, o) in piece.chunks_mut(cols).enumerate() {
-                let r = start / cols + i;
-                f(&std::array::from_fn(|k| ops[k].row(r)), o);
+            let mut bufs = [[T::ZERO; CONVERT_BLOCK]; N];
+            let mut done = 0;
+            while done < piece.len() {
+                let i = start + done;
+                let (r, c) = (i / cols, i % cols);
+                let mut take = (cols - c).min(piece.len() - done);
+                if buffered {
+                    take = take.min(CONVERT_BLOCK);
+                }
+                let mut it = bufs.iter_mut();
+                let rows: [Row<'_, T>; N] = std::array::from_fn(|k| {
+                    ops[k].seg(r, c, take, it.next().expect("one buffer per operand"))
+                });
+                f(&rows, &mut piece[done..done + take]);
+                done += take;
             }
         },
     )
@@ -306,12 +360,13 @@ fn run_binary<'a, T: Element, K: Binary<T>>(
     a: &'a Typed<'a, T>,
     b: &'a Typed<'a, T>,
     shape: Vec<usize>,
+    kernel: &'static str,
     exec: &dyn Exec,
 ) -> Result<Value, KernelError> {
     let [rows, cols] = out_dims(&shape);
     let n = rows * cols;
     let ops = [Bcast::new(a, cols), Bcast::new(b, cols)];
-    let mut out = vec![T::ZERO; n];
+    let mut out = alloc::zeroed::<T>(kernel, n)?;
     let per_item = 3 * std::mem::size_of::<T>();
     fill_broadcast(&ops, rows, cols, &mut out, per_item, exec, |r, o| {
         binary_rows::<T, K>(&r[0], &r[1], o)
@@ -320,9 +375,12 @@ fn run_binary<'a, T: Element, K: Binary<T>>(
 }
 
 /// add / subtract / multiply / divide (and scale) with broadcasting and NEP 50 promotion.
+///
+/// `kernel` names the calling kernel in a `Memory` error.
 pub(crate) fn binary(
     op: BinaryOp,
     operands: &[Operand<'_>],
+    kernel: &'static str,
     exec: &dyn Exec,
 ) -> Result<Value, KernelError> {
     let shape = broadcast_shape(operands)?;
@@ -334,15 +392,15 @@ pub(crate) fn binary(
     if op == BinaryOp::Divide {
         return with_float_dtype!(dt, T => {
             let (a, b) = (Typed::<T>::lazy(&operands[0]), Typed::<T>::lazy(&operands[1]));
-            run_binary::<T, DivK>(&a, &b, shape, exec)
+            run_binary::<T, DivK>(&a, &b, shape, kernel, exec)
         });
     }
     with_dtype!(dt, T => {
         let (a, b) = (Typed::<T>::lazy(&operands[0]), Typed::<T>::lazy(&operands[1]));
         match op {
-            BinaryOp::Add => run_binary::<T, AddK>(&a, &b, shape, exec),
-            BinaryOp::Subtract => run_binary::<T, SubK>(&a, &b, shape, exec),
-            _ => run_binary::<T, MulK>(&a, &b, shape, exec),
+            BinaryOp::Add => run_binary::<T, AddK>(&a, &b, shape, kernel, exec),
+            BinaryOp::Subtract => run_binary::<T, SubK>(&a, &b, shape, kernel, exec),
+            _ => run_binary::<T, MulK>(&a, &b, shape, kernel, exec),
         }
     })
 }
@@ -355,7 +413,7 @@ fn run_clip<'a, T: Element>(
     let [rows, cols] = out_dims(&shape);
     let n = rows * cols;
     let ops = [0, 1, 2].map(|i| Bcast::new(&t[i], cols));
-    let mut out = vec![T::ZERO; n];
+    let mut out = alloc::zeroed::<T>("clip", n)?;
     let per_item = 2 * std::mem::size_of::<T>();
     let clip_row =
         |a: &Row<'_, T>, lo: &Row<'_, T>, hi: &Row<'_, T>, out: &mut [T]| match (a, lo, hi) {

@@ -2,6 +2,7 @@
 //! already matches, else one converted contiguous copy, or a broadcast scalar.
 
 use crate::dtype::Element;
+use crate::error::KernelError;
 use crate::promote::weak_int;
 use crate::view::{ArrayView, Mat, Operand};
 
@@ -20,8 +21,9 @@ impl<'a, T: Element> Typed<'a, T> {
     /// Converts `op` to `T`; Python scalars stay scalars (weak, saturated
     /// for integer `T`: callers have already rejected out-of-range ones
     /// where NumPy raises).
-    pub fn new(op: &Operand<'a>) -> Self {
-        match op {
+    /// `kernel` names the caller in a `Memory` error of the conversion copy.
+    pub fn new(op: &Operand<'a>, kernel: &'static str) -> Result<Self, KernelError> {
+        Ok(match op {
             Operand::Int(v) => Typed::Scalar(weak_int::<T>(*v)),
             Operand::Float(v) => Typed::Scalar(T::from_f64(*v)),
             Operand::Array(v) => crate::with_dtype!(v.dtype(), S => {
@@ -30,17 +32,22 @@ impl<'a, T: Element> Typed<'a, T> {
                     // SAFETY: S and T are the same type (sealed Element with equal DTYPE).
                     Typed::View(unsafe { m.retype::<T>() })
                 } else {
-                    Typed::Owned(m.to_contiguous::<T>().into_owned(), m.ndim, m.shape)
+                    Typed::Owned(m.to_contiguous::<T>(kernel)?.into_owned(), m.ndim, m.shape)
                 }
             }),
-        }
+        })
     }
 
     /// Like `new`, but an array of another dtype stays `Deferred`.
     pub fn lazy(op: &Operand<'a>) -> Self {
         match op {
             Operand::Array(v) if v.dtype() != T::DTYPE => Typed::Deferred(*v),
-            _ => Self::new(op),
+            Operand::Array(v) => crate::with_dtype!(v.dtype(), S => {
+                // SAFETY: S and T are the same type (sealed Element with equal DTYPE).
+                Typed::View(unsafe { v.mat::<S>().retype::<T>() })
+            }),
+            Operand::Int(v) => Typed::Scalar(weak_int::<T>(*v)),
+            Operand::Float(v) => Typed::Scalar(T::from_f64(*v)),
         }
     }
 

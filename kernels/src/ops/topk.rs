@@ -114,7 +114,7 @@ pub(crate) fn best<T: Element>(x: &[T], k: usize) -> (Vec<i64>, Vec<T>) {
 }
 
 fn topk_typed<T: Element>(m: Mat<'_, T>, k: usize, exec: &dyn Exec) -> Result<Value, KernelError> {
-    let x = m.row(0).contiguous();
+    let x = m.row(0).contiguous("topk")?;
     if exec.is_cancelled() {
         return Err(KernelError::Cancelled);
     }
