@@ -27,7 +27,37 @@ _registry: dict[str, Budget] = {}
 _warned = False
 
 
-class Budget(BudgetCore):
+class Closing:
+    """Context managers (sync and async) for what closes and joins: a Pool or
+    a Budget. ``with`` closes and waits; ``async with`` closes, then joins
+    off the event loop."""
+
+    # Set in a forked child, which has none of the worker threads.
+    _forked = False
+
+    if TYPE_CHECKING:  # defined by the classes it is mixed into (natively for _join)
+
+        def close(self, wait: bool = True, cancel_pending: bool = False) -> None: ...
+        def _join(self, timeout: float | None = None) -> bool: ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close(wait=True)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close(wait=False)
+        import asyncio
+
+        if not self._forked:
+            await asyncio.get_running_loop().run_in_executor(None, self._join, None)
+
+
+class Budget(Closing, BudgetCore):
     """A set of native worker threads shared by pools.
 
     ``Budget(name, threads=None, *, nice=5)``: ``threads`` workers (``None``:
@@ -81,25 +111,6 @@ class Budget(BudgetCore):
     def join(self, timeout: float | None = None) -> bool:
         """Waits until every worker thread of the (closed) budget exited."""
         return self._forked or self._join(timeout)
-
-    # Set in a forked child, which has none of the budget's worker threads.
-    _forked = False
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close(wait=True)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close(wait=False)
-        import asyncio
-
-        if not self._forked:
-            await asyncio.get_running_loop().run_in_executor(None, self._join, None)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"

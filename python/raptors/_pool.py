@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Self
 
 from . import _budget, _raptors
-from ._budget import Budget
+from ._budget import Budget, Closing
 from ._raptors import Job, PoolCore, PoolStats, QueueFull, _timeout_seconds
 
 __all__ = ["Pool", "default_pool", "get_pool", "pools", "stats", "submit"]
@@ -37,7 +37,7 @@ _DEFAULT_NAME = "default"
 # `loop.set_default_executor(pool)` (which checks the type) accepts a pool:
 # every method an executor has is this class's own, and ThreadPoolExecutor's
 # __init__ never runs, so it starts no thread of its own.
-class Pool(PoolCore, concurrent.futures.ThreadPoolExecutor):  # type: ignore[misc]
+class Pool(Closing, PoolCore, concurrent.futures.ThreadPoolExecutor):  # type: ignore[misc]
     """A named pool with a bounded priority queue, run by native worker threads.
 
     ``Pool(name, threads=None, queue=1024, *, budget=None, weight=1, nice=5)``:
@@ -123,9 +123,6 @@ class Pool(PoolCore, concurrent.futures.ThreadPoolExecutor):  # type: ignore[mis
         """Waits until every accepted job has ended and every worker exited."""
         return self._forked or self._join(timeout)
 
-    # Set in a forked child, which has none of the pool's worker threads.
-    _forked = False
-
     def map(
         self,
         fn: Callable[..., Any],
@@ -175,22 +172,6 @@ class Pool(PoolCore, concurrent.futures.ThreadPoolExecutor):  # type: ignore[mis
                     job.cancel()
 
         return results()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close(wait=True)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close(wait=False)
-        import asyncio
-
-        if not self._forked:
-            await asyncio.get_running_loop().run_in_executor(None, self._join, None)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"

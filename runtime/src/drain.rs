@@ -12,9 +12,9 @@
 //! which notifies under the lock after setting it. Loom model:
 //! `tests/loom.rs`.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::sync::{lock, AtomicUsize, Condvar, Mutex, Ordering};
+use crate::sync::{lock, wait_until, AtomicUsize, Condvar, Mutex, Ordering};
 
 /// The `closed` bit of `Drain::state`; the bits below count jobs in flight.
 const CLOSED: usize = 1 << (usize::BITS - 1);
@@ -57,30 +57,11 @@ impl Drain {
     fn is_drained(&self) -> bool {
         self.state.load(Ordering::Acquire) == CLOSED
     }
+
     /// Waits until closed with nothing in flight; true if so by `deadline`.
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> bool {
-        let mut guard = lock(&self.lock);
-        loop {
-            if self.is_drained() {
-                return true;
-            }
-            guard = match deadline {
-                None => self
-                    .drained
-                    .wait(guard)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return false;
-                    }
-                    let left: Duration = deadline - now;
-                    self.drained
-                        .wait_timeout(guard, left)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .0
-                }
-            };
-        }
+        wait_until(&self.drained, lock(&self.lock), deadline, || {
+            self.is_drained()
+        })
     }
 }

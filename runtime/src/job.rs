@@ -27,7 +27,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::sync::{lock, AtomicU32, AtomicU8, Condvar, Mutex, Ordering, UnsafeCell};
+use crate::sync::{lock, wait_until, AtomicU32, AtomicU8, Condvar, Mutex, Ordering, UnsafeCell};
 use crate::task::{self, Header, TaskCell};
 
 /// How a running job stops without producing a value.
@@ -335,29 +335,9 @@ impl<T, E> JobCore<T, E> {
             return false;
         }
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let mut guard = lock(&self.callbacks);
+        let guard = lock(&self.callbacks);
         self.state.fetch_or(HAS_WAITERS, Ordering::AcqRel);
-        loop {
-            if self.is_complete() {
-                return true;
-            }
-            guard = match deadline {
-                None => self
-                    .completed
-                    .wait(guard)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return false;
-                    }
-                    self.completed
-                        .wait_timeout(guard, deadline - now)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .0
-                }
-            };
-        }
+        wait_until(&self.completed, guard, deadline, || self.is_complete())
     }
 
     /// Lends the outcome for as long as the core lives (pins it: a later

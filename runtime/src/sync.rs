@@ -40,6 +40,38 @@ impl<T> UnsafeCell<T> {
     }
 }
 
+/// Waits on `condvar` (holding `guard`, a guard of its mutex) until `done()`
+/// or `deadline` (`None`: no limit); true if done. `done` is checked under
+/// the lock before every wait, so a notify after the state change is never
+/// missed.
+pub(crate) fn wait_until<T>(
+    condvar: &Condvar,
+    mut guard: MutexGuard<'_, T>,
+    deadline: Option<std::time::Instant>,
+    mut done: impl FnMut() -> bool,
+) -> bool {
+    loop {
+        if done() {
+            return true;
+        }
+        guard = match deadline {
+            None => condvar
+                .wait(guard)
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            Some(deadline) => {
+                let now = std::time::Instant::now();
+                if now >= deadline {
+                    return false;
+                }
+                condvar
+                    .wait_timeout(guard, deadline - now)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .0
+            }
+        };
+    }
+}
+
 /// Locks `mutex`, ignoring poisoning: the state machine never panics while a
 /// lock is held (callbacks run after the guard is dropped).
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
