@@ -5,7 +5,9 @@ builds with ``farm-bench`` (which pairs runs and reports the ratio).
         --vs 'venv-b/bin/python stress/hotpath.py roundtrip'
 
 ``roundtrip``: ``await pool.submit(rp.dot, a, b)`` one at a time;
-``inflight``: 64 such jobs in flight (``gather``), many rounds. Both on
+``inflight``: 64 such jobs in flight (``asyncio.gather`` of the jobs, a
+Task per job), many rounds; ``inflight-future``: the same through
+``job.asyncio_future()`` (no Task per job; builds that have it). All on
 ``rp.Pool("hotpath", threads=2)``, or with ``--budget`` on a pool alone on
 ``rp.Budget("hotpath", threads=2)``. Prints microseconds per job.
 """
@@ -36,9 +38,17 @@ async def inflight(pool: rp.Pool, rounds: int) -> float:
     return (time.perf_counter() - start) / (rounds * 64)
 
 
+async def inflight_future(pool: rp.Pool, rounds: int) -> float:
+    a = np.ones(16)
+    start = time.perf_counter()
+    for _ in range(rounds):
+        await asyncio.gather(*(pool.submit(rp.dot, a, a).asyncio_future() for _ in range(64)))
+    return (time.perf_counter() - start) / (rounds * 64)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("mode", choices=["roundtrip", "inflight"])
+    parser.add_argument("mode", choices=["roundtrip", "inflight", "inflight-future"])
     parser.add_argument("--jobs", type=int, default=40_000)
     parser.add_argument("--budget", action="store_true", help="run the pool on an rp.Budget")
     args = parser.parse_args()
@@ -48,8 +58,10 @@ def main() -> None:
     with rp.Pool("hotpath", threads=2, queue=256, **on_budget) as pool:
         if args.mode == "roundtrip":
             per_job = asyncio.run(roundtrip(pool, args.jobs))
-        else:
+        elif args.mode == "inflight":
             per_job = asyncio.run(inflight(pool, max(args.jobs // 64, 1)))
+        else:
+            per_job = asyncio.run(inflight_future(pool, max(args.jobs // 64, 1)))
     if budget is not None:
         budget.close()
     print(f"{args.mode}: {per_job * 1e6:.2f} us per job")

@@ -2,12 +2,12 @@
 //!
 //! One hub per event loop. A hub owns a wake-up file descriptor (an eventfd
 //! on Linux, a pipe elsewhere) registered with `loop.add_reader`, and a
-//! lock-free queue of deliveries. A thread that ends a job pushes the job's
-//! loop-bound callbacks onto the queue and signals the descriptor only when
+//! lock-free queue of deliveries. A thread that ends a job pushes each of
+//! its awaiters onto the queue and signals the descriptor only when
 //! the hub is not already signalled, so a burst of completions costs the
 //! loop one wake-up and workers one system call per batch rather than one
 //! per job. The loop drains the whole queue on its own thread, where the
-//! callbacks (asyncio Task wake-ups, gather's bookkeeping, ...) must run.
+//! awaiting Tasks' wake-ups must run.
 //!
 //! Invariant: `signalled` is true from the moment a push finds it false
 //! (and writes the descriptor) until the loop thread starts a drain. A push
@@ -25,12 +25,13 @@ use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::PyDict;
 
-use crate::job::{Callback, Job};
+use crate::awaiter::JobAwait;
+use crate::listeners::Callback;
 
-/// Callbacks of one job, to be run on the hub's loop.
+/// An await whose job has ended: its callbacks (the Task's wake-up) are
+/// run on the hub's loop.
 pub struct Delivery {
-    pub job: Py<Job>,
-    pub callbacks: Vec<Callback>,
+    pub awaiter: Py<JobAwait>,
 }
 
 /// The per-loop completion channel, shared by plain `Arc` with the threads
@@ -70,10 +71,10 @@ impl Hub {
         // that found `signalled` true is seen by this drain.
         core.signalled.swap(false, Ordering::AcqRel);
         while let Some(delivery) = core.queue.pop() {
-            let job = delivery.job.bind(py);
-            let mut callbacks = delivery.callbacks.into_iter();
+            let awaiter = delivery.awaiter.bind(py);
+            let mut callbacks = awaiter.get().take_callbacks().into_iter();
             while let Some(callback) = callbacks.next() {
-                let Err(err) = callback.invoke(py, job.as_any()) else {
+                let Err(err) = callback.invoke(py, awaiter.as_any()) else {
                     continue;
                 };
                 if is_exit_request(py, &err) {
@@ -81,9 +82,9 @@ impl Hub {
                     // stop the loop. What is left is delivered on the next drain.
                     let rest: Vec<Callback> = callbacks.collect();
                     if !rest.is_empty() {
+                        awaiter.get().restore_callbacks(rest);
                         core.push(Delivery {
-                            job: delivery.job.clone_ref(py),
-                            callbacks: rest,
+                            awaiter: delivery.awaiter.clone_ref(py),
                         });
                     } else if !core.queue.is_empty() {
                         core.signalled.store(true, Ordering::Release);
@@ -91,7 +92,7 @@ impl Hub {
                     }
                     return Err(err);
                 }
-                report_callback_error(py, &self.event_loop, job.as_any(), err);
+                report_callback_error(py, &self.event_loop, awaiter.as_any(), err);
             }
         }
         Ok(())

@@ -3,7 +3,9 @@
 //! - [`pool`]: `PoolCore`, the native half of `rp.Pool` (submit, stats, close).
 //! - [`budget`]: `BudgetCore` and `rp.BudgetStats`, threads shared by pools,
 //!   and how every worker thread is set up.
-//! - [`job`]: `rp.Job`, a `concurrent.futures`-compatible, awaitable handle.
+//! - [`job`]: `rp.Job`, a `concurrent.futures.Future` that can be awaited;
+//!   [`listeners`]: who is told when it ends; [`awaiter`]: `await job`;
+//!   [`futures_waiters`]: what `concurrent.futures.wait` reaches into.
 //! - [`hub`]: per-event-loop completion delivery, batched.
 //! - [`task`]: what a job runs (kernel or Python callable) and ends with.
 //! - [`kernel`], [`convert`], [`array`]: kernels as Python callables, input
@@ -14,13 +16,16 @@
 //! - [`timeout`]: the one parser of every `timeout=` argument.
 
 mod array;
+mod awaiter;
 mod budget;
 mod convert;
 mod errors;
+mod futures_waiters;
 mod gil;
 mod hub;
 mod job;
 mod kernel;
+mod listeners;
 mod pool;
 mod stats;
 mod task;
@@ -46,8 +51,8 @@ fn _raptors(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<budget::BudgetCore>()?;
     module.add_class::<budget::BudgetStats>()?;
     module.add_class::<pool::PoolCore>()?;
-    module.add_class::<job::Job>()?;
-    module.add_class::<job::JobAwait>()?;
+    job::register(module)?;
+    module.add_class::<awaiter::JobAwait>()?;
     module.add_class::<hub::Hub>()?;
     module.add_class::<token::CancelToken>()?;
     module.add_class::<stats::PoolStats>()?;

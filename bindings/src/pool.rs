@@ -12,7 +12,7 @@ use raptors_runtime::{Pool, PoolConfig, SubmitOptions};
 use crate::budget::{self, BudgetCore, WorkerThreads};
 use crate::errors;
 use crate::gil;
-use crate::job::Job;
+use crate::job::JobBase;
 use crate::kernel::Kernel;
 use crate::stats::PoolStats;
 use crate::task;
@@ -148,7 +148,7 @@ impl PoolCore {
         token: Option<&Bound<'_, PyAny>>,
         timeout: Option<&Bound<'_, PyAny>>,
         kwargs: Option<&Bound<'_, PyDict>>,
-    ) -> PyResult<Py<Job>> {
+    ) -> PyResult<Py<JobBase>> {
         let priority = match priority {
             Some(p) => budget::int_argument(p, "priority")?,
             None => 0,
@@ -187,7 +187,7 @@ impl PoolCore {
             self.pool.submit(options, call)
         };
         let handle = submitted.map_err(|err| errors::submit_error(py, &err))?;
-        Job::create(py, handle, Arc::clone(&self.name))
+        JobBase::create(py, handle, Arc::clone(&self.name))
     }
 
     /// A consistent snapshot of the pool's counters and timings.

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -256,18 +255,9 @@ class Batcher:
         self.inflight += 1
         self.batches += 1
         self.items += len(batch)
-        loop = asyncio.get_running_loop()
-        loop_thread = threading.get_ident()
-
-        def finished(job: Any) -> None:
-            # rp.Job delivers callbacks on the submitting thread's running
-            # loop; any other thread hands over to it.
-            if threading.get_ident() == loop_thread:
-                self._finished(key, lane, job, batch)
-            else:
-                loop.call_soon_threadsafe(self._finished, key, lane, job, batch)
-
-        job.add_done_callback(finished)
+        # Delivered on this loop, batched with other completions, without
+        # the worker taking the GIL.
+        job.asyncio_future().add_done_callback(lambda _: self._finished(key, lane, job, batch))
 
     def _finished(self, key: _Key, lane: _Lane, job: Any, batch: list[_Item]) -> None:
         lane.inflight -= 1
