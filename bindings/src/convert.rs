@@ -14,7 +14,7 @@ use std::ffi::c_void;
 use numpy::npyffi::{self, PY_ARRAY_API};
 use numpy::prelude::*;
 use numpy::{PyArrayDescr, PyUntypedArray};
-use pyo3::exceptions::{PyOverflowError, PyTypeError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyBool, PyFloat, PyInt, PyTuple};
@@ -66,7 +66,12 @@ unsafe impl Sync for HeldArray {}
 
 pub enum HeldOperand {
     Array(HeldArray),
+    /// A Python `bool`: a weak int to the kernels, but see
+    /// `Op::bool_operands_give_bool`.
+    Bool(bool),
     Int(i64),
+    /// A Python int outside int64's range (see `Operand::BigInt`).
+    BigInt(f64),
     Float(f64),
 }
 
@@ -96,7 +101,9 @@ impl HeldOperand {
             HeldOperand::Array(a) => Operand::Array(unsafe {
                 ArrayView::from_raw_parts(a.ptr, a.dtype, &a.shape[..a.ndim], &a.strides[..a.ndim])?
             }),
+            HeldOperand::Bool(b) => Operand::Int(i64::from(*b)),
             HeldOperand::Int(i) => Operand::Int(*i),
+            HeldOperand::BigInt(f) => Operand::BigInt(*f),
             HeldOperand::Float(f) => Operand::Float(*f),
         })
     }
@@ -199,14 +206,14 @@ pub fn hold(
         return Ok(HeldOperand::Float(obj.extract()?));
     }
     if obj.is_instance_of::<PyBool>() {
-        return Ok(HeldOperand::Int(i64::from(obj.extract::<bool>()?)));
+        return Ok(HeldOperand::Bool(obj.extract::<bool>()?));
     }
     if obj.is_exact_instance_of::<PyInt>() {
         return match obj.extract::<i64>() {
             Ok(value) => Ok(HeldOperand::Int(value)),
-            Err(_) => Err(PyOverflowError::new_err(format!(
-                "Python integer {obj} out of bounds for int64"
-            ))),
+            // Beyond int64: NumPy keeps it weak and raises only where the
+            // result is an integer (the kernels decide).
+            Err(_) => Ok(HeldOperand::BigInt(obj.extract::<f64>()?)),
         };
     }
     let converted = numpy_api(py)?.asarray.bind(py).call1((obj,))?;

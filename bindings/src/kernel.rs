@@ -177,6 +177,17 @@ impl Kernel {
                 params.axis = Some(integer(axis, "axis")?);
             }
         }
+        if op.bool_operands_give_bool()
+            && operands
+                .iter()
+                .all(|held| matches!(held, HeldOperand::Bool(_)))
+        {
+            return Err(PyTypeError::new_err(format!(
+                "{}() of Python bools: NumPy's result is bool, an unsupported dtype \
+                 (Raptors kernels take float32, float64, int32 and int64); pass ints",
+                self.name
+            )));
+        }
         views(&operands)
             .and_then(|views| raptors_kernels::check(op, &views, &params))
             .map_err(|err| errors::kernel_error(py, err))?;

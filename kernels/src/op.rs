@@ -7,7 +7,7 @@ use crate::dtype::DType;
 use crate::error::{shape_str, value_error, KernelError};
 use crate::exec::Exec;
 use crate::ops;
-use crate::promote::{promote_types, result_type, strong_dtype, WeakIntPolicy};
+use crate::promote::{promote_types, result_type, strong_dtype, true_divide_type, WeakIntPolicy};
 use crate::view::Operand;
 
 /// Every kernel the library offers.
@@ -104,6 +104,33 @@ impl Op {
         matches!(self, Op::Topk | Op::CosineTopk)
     }
 
+    /// True for the ufunc-style ops, where Python scalars are weak (NEP 50);
+    /// elsewhere a Python scalar is a 0-d array of its default dtype.
+    pub fn promotes_weakly(self) -> bool {
+        matches!(
+            self,
+            Op::Add | Op::Subtract | Op::Multiply | Op::Divide | Op::Scale | Op::Clip
+        )
+    }
+
+    /// True where NumPy's result for operands that are all bools is a bool
+    /// (or, for `subtract`, an error): Raptors has no bool dtype, so such a
+    /// call is refused rather than answered as int64.
+    pub fn bool_operands_give_bool(self) -> bool {
+        matches!(
+            self,
+            Op::Dot
+                | Op::Matmul
+                | Op::Add
+                | Op::Subtract
+                | Op::Multiply
+                | Op::Min
+                | Op::Max
+                | Op::Scale
+                | Op::Clip
+        )
+    }
+
     /// True for the reductions that take `axis`.
     pub fn takes_axis(self) -> bool {
         matches!(
@@ -163,6 +190,13 @@ pub fn check(op: Op, operands: &[Operand<'_>], params: &Params) -> Result<(), Ke
         )));
     }
     let name = op.name();
+    if !op.promotes_weakly() {
+        // A strong use makes a Python int an int64 array, as NumPy would
+        // (it makes an object array of a bigger one, which Raptors has not).
+        for operand in operands {
+            operand.out_of_int64()?;
+        }
+    }
     match op {
         Op::Dot => {
             let shape = ops::dot::check_dot(&operands[0], &operands[1])?;
@@ -179,11 +213,10 @@ pub fn check(op: Op, operands: &[Operand<'_>], params: &Params) -> Result<(), Ke
         }
         Op::Add | Op::Subtract | Op::Multiply | Op::Divide | Op::Scale => {
             let shape = ops::elementwise::broadcast_shape(operands)?;
-            let dt = result_type(operands, WeakIntPolicy::Raise)?;
-            let dt = if op == Op::Divide && !dt.is_float() {
-                DType::Float64
+            let dt = if op == Op::Divide {
+                true_divide_type(operands)?
             } else {
-                dt
+                result_type(operands, WeakIntPolicy::Raise)?
             };
             check_output(name, &shape, operands, dt)
         }

@@ -26,11 +26,29 @@ pub(crate) enum WeakIntPolicy {
 }
 
 /// The result dtype of a ufunc-style call over `operands` (NEP 50: Python
-/// scalars are weak and take the arrays' kind unless they force int to float).
+/// scalars are weak and take the arrays' kind unless they force int to float),
+/// with its Python ints checked against it (see [`check_weak_ints`]).
 pub(crate) fn result_type(
     operands: &[Operand<'_>],
     policy: WeakIntPolicy,
 ) -> Result<DType, KernelError> {
+    let dt = promoted(operands);
+    check_weak_ints(operands, dt, policy)?;
+    Ok(dt)
+}
+
+/// `result_type` of a true division: integer results become float64, as in
+/// NumPy, before the Python ints are checked (so `int32 / 2**40` is fine).
+pub(crate) fn true_divide_type(operands: &[Operand<'_>]) -> Result<DType, KernelError> {
+    let dt = match promoted(operands) {
+        dt if dt.is_float() => dt,
+        _ => DType::Float64,
+    };
+    check_weak_ints(operands, dt, WeakIntPolicy::Raise)?;
+    Ok(dt)
+}
+
+fn promoted(operands: &[Operand<'_>]) -> DType {
     let mut strong: Option<DType> = None;
     let mut weak_float = false;
     for op in operands {
@@ -42,28 +60,39 @@ pub(crate) fn result_type(
                 })
             }
             Operand::Float(_) => weak_float = true,
-            Operand::Int(_) => {}
+            Operand::Int(_) | Operand::BigInt(_) => {}
         }
     }
-    let dt = match (strong, weak_float) {
+    match (strong, weak_float) {
         (Some(s), true) if !s.is_float() => DType::Float64,
         (Some(s), _) => s,
         (None, true) => DType::Float64,
         (None, false) => DType::Int64,
-    };
-    if dt == DType::Int32 && policy == WeakIntPolicy::Raise {
-        for op in operands {
-            if let Operand::Int(v) = op {
-                if i32::try_from(*v).is_err() {
-                    return Err(KernelError::Overflow(format!(
-                        "Python integer {v} out of bounds for {}",
-                        dt.name()
-                    )));
-                }
+    }
+}
+
+/// NumPy's `OverflowError` for a Python int the integer loop dtype `dt`
+/// cannot hold; under `Saturate` (`clip` bounds) such ints are clamped later.
+fn check_weak_ints(
+    operands: &[Operand<'_>],
+    dt: DType,
+    policy: WeakIntPolicy,
+) -> Result<(), KernelError> {
+    if dt.is_float() || policy == WeakIntPolicy::Saturate {
+        return Ok(());
+    }
+    for op in operands {
+        op.out_of_int64()?;
+        if let (Operand::Int(v), DType::Int32) = (op, dt) {
+            if i32::try_from(*v).is_err() {
+                return Err(KernelError::Overflow(format!(
+                    "Python integer {v} out of bounds for {}",
+                    dt.name()
+                )));
             }
         }
     }
-    Ok(dt)
+    Ok(())
 }
 
 /// The dtype a strong (non-NEP 50) use of an operand has: arrays keep
@@ -71,8 +100,20 @@ pub(crate) fn result_type(
 pub(crate) fn strong_dtype(op: &Operand<'_>) -> DType {
     match op {
         Operand::Array(v) => v.dtype(),
-        Operand::Int(_) => DType::Int64,
+        Operand::Int(_) | Operand::BigInt(_) => DType::Int64,
         Operand::Float(_) => DType::Float64,
+    }
+}
+
+/// A Python int outside int64 as `T`: its float value, or saturated into
+/// `T`'s range for integer `T` (only `clip` bounds get here).
+pub(crate) fn weak_big_int<T: Element>(v: f64) -> T {
+    if T::DTYPE.is_float() {
+        T::from_f64(v)
+    } else if v > 0.0 {
+        weak_int::<T>(i64::MAX)
+    } else {
+        weak_int::<T>(i64::MIN)
     }
 }
 

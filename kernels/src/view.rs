@@ -184,6 +184,10 @@ impl<'a> ArrayView<'a> {
 pub enum Operand<'a> {
     Array(ArrayView<'a>),
     Int(i64),
+    /// A Python int outside int64's range, as the nearest float64: weak like
+    /// `Int`, but only a floating-point result can hold it (NumPy raises
+    /// `OverflowError` otherwise).
+    BigInt(f64),
     Float(f64),
 }
 
@@ -198,6 +202,16 @@ impl Operand<'_> {
 
     pub fn ndim(&self) -> usize {
         self.shape().len()
+    }
+
+    /// `Overflow` for a Python int that no integer dtype holds.
+    pub(crate) fn out_of_int64(&self) -> Result<(), KernelError> {
+        match self {
+            Operand::BigInt(v) => Err(KernelError::Overflow(format!(
+                "Python integer (about {v:.3e}) out of bounds for int64"
+            ))),
+            _ => Ok(()),
+        }
     }
 }
 

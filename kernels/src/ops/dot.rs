@@ -69,6 +69,7 @@ fn strong<'a>(
     Ok(match op {
         Operand::Array(v) => Operand::Array(*v),
         Operand::Int(_) => Operand::Array(crate::ArrayView::from_slice(iv, &[])?),
+        Operand::BigInt(_) => return op.out_of_int64().map(|()| unreachable!()),
         Operand::Float(_) => Operand::Array(crate::ArrayView::from_slice(fv, &[])?),
     })
 }
@@ -80,7 +81,7 @@ pub(crate) fn dot(a: &Operand<'_>, b: &Operand<'_>, exec: &dyn Exec) -> Result<V
         let scalars = |o: &Operand<'_>| match o {
             Operand::Int(v) => ([*v], [0.0]),
             Operand::Float(v) => ([0], [*v]),
-            Operand::Array(_) => ([0], [0.0]),
+            Operand::Array(_) | Operand::BigInt(_) => ([0], [0.0]),
         };
         let ((ia, fa), (ib, fb)) = (scalars(a), scalars(b));
         let ops = [strong(a, &ia, &fa)?, strong(b, &ib, &fb)?];

@@ -11,12 +11,12 @@
 
 use crate::alloc;
 use crate::array::Value;
-use crate::dtype::{cast, with_float_dtype, DType, Element};
+use crate::dtype::{cast, with_float_dtype, Element};
 use crate::error::{shape_str, value_error, KernelError};
 use crate::exec::{chunk_items, fill_chunks, Exec};
 use crate::loops::{self, AddK, Binary, DivK, MulK, SubK};
 use crate::ops::operand::Typed;
-use crate::promote::{result_type, WeakIntPolicy};
+use crate::promote::{result_type, true_divide_type, WeakIntPolicy};
 use crate::view::{ArrayView, Mat, Operand};
 use crate::with_dtype;
 
@@ -384,17 +384,14 @@ pub(crate) fn binary(
     exec: &dyn Exec,
 ) -> Result<Value, KernelError> {
     let shape = broadcast_shape(operands)?;
-    let mut dt = result_type(operands, WeakIntPolicy::Raise)?;
-    if op == BinaryOp::Divide && !dt.is_float() {
-        // True division of integers is float64 in NumPy.
-        dt = DType::Float64;
-    }
     if op == BinaryOp::Divide {
+        let dt = true_divide_type(operands)?;
         return with_float_dtype!(dt, T => {
             let (a, b) = (Typed::<T>::lazy(&operands[0]), Typed::<T>::lazy(&operands[1]));
             run_binary::<T, DivK>(&a, &b, shape, kernel, exec)
         });
     }
+    let dt = result_type(operands, WeakIntPolicy::Raise)?;
     with_dtype!(dt, T => {
         let (a, b) = (Typed::<T>::lazy(&operands[0]), Typed::<T>::lazy(&operands[1]));
         match op {

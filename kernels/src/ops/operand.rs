@@ -3,7 +3,7 @@
 
 use crate::dtype::Element;
 use crate::error::KernelError;
-use crate::promote::weak_int;
+use crate::promote::{weak_big_int, weak_int};
 use crate::view::{ArrayView, Mat, Operand};
 
 /// An operand converted to `T`.
@@ -25,6 +25,7 @@ impl<'a, T: Element> Typed<'a, T> {
     pub fn new(op: &Operand<'a>, kernel: &'static str) -> Result<Self, KernelError> {
         Ok(match op {
             Operand::Int(v) => Typed::Scalar(weak_int::<T>(*v)),
+            Operand::BigInt(v) => Typed::Scalar(weak_big_int::<T>(*v)),
             Operand::Float(v) => Typed::Scalar(T::from_f64(*v)),
             Operand::Array(v) => crate::with_dtype!(v.dtype(), S => {
                 let m = v.mat::<S>();
@@ -47,6 +48,7 @@ impl<'a, T: Element> Typed<'a, T> {
                 Typed::View(unsafe { v.mat::<S>().retype::<T>() })
             }),
             Operand::Int(v) => Typed::Scalar(weak_int::<T>(*v)),
+            Operand::BigInt(v) => Typed::Scalar(weak_big_int::<T>(*v)),
             Operand::Float(v) => Typed::Scalar(T::from_f64(*v)),
         }
     }

@@ -562,6 +562,7 @@ pub(crate) fn reduce(
             fv = [*x];
             crate::ArrayView::from_slice(&fv, &[])?
         }
+        Operand::BigInt(_) => return operand.out_of_int64().map(|()| unreachable!()),
     };
     debug_assert_eq!(strong_dtype(operand), view.dtype());
     let dt = view.dtype();
