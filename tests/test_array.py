@@ -318,3 +318,23 @@ async def test_async_twins_default_pool():
 async def test_async_shape_mismatch_raises():
     with pytest.raises(ValueError):
         await rp.ones(3).dot_async(rp.ones(4))
+
+
+@pytest.mark.parametrize("name", ("sum", "mean", "min", "max"))
+@pytest.mark.parametrize("dtype", ("float32", "float64", "int32", "int64"))
+def test_numpy_reductions_accept_an_rp_array(name, dtype):
+    """`np.sum(a, ...)` calls `a.sum(axis=, dtype=, out=, ...)`."""
+    values = np.arange(12).reshape(3, 4).astype(dtype)
+    a = rp.Array(values)
+    fn = getattr(np, name)
+    for kwargs in ({}, {"axis": 0}, {"axis": 1}, {"keepdims": True}, {"axis": 0, "keepdims": True}):
+        np.testing.assert_allclose(np.asarray(fn(a, **kwargs)), fn(values, **kwargs), rtol=1e-6)
+    out = np.empty(4, dtype=np.float64)
+    assert fn(a, axis=0, out=out) is out
+    np.testing.assert_allclose(out, fn(values, axis=0))
+    if name in ("sum", "mean"):
+        assert fn(a, dtype=np.float64) == pytest.approx(fn(values, dtype=np.float64))
+    else:
+        assert fn(a, initial=100) == fn(values, initial=100)
+        mask = values % 2 == 0
+        assert fn(a, where=mask, initial=-1) == fn(values, where=mask, initial=-1)
