@@ -22,10 +22,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
+use raptors_runtime::lock::Mutex;
 use raptors_runtime::JobStatus;
 
 use crate::errors;

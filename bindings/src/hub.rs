@@ -17,10 +17,9 @@
 use std::cell::RefCell;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crossbeam_queue::SegQueue;
-use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::PyDict;
@@ -198,8 +197,14 @@ impl Waker {
 }
 
 /// Hubs of live loops. Each keeps its loop alive; hubs of closed loops are
-/// dropped on the next registration.
+/// dropped on the next registration. A std mutex, as every lock a forked
+/// child may take (see `runtime/src/fork.rs`).
 static HUBS: Mutex<Vec<Py<Hub>>> = Mutex::new(Vec::new());
+
+fn hubs() -> MutexGuard<'static, Vec<Py<Hub>>> {
+    // Nothing panics while holding it; a poisoned list is still a valid list.
+    HUBS.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 thread_local! {
     /// The hub last used on this thread: the common case is one loop per thread.
@@ -207,6 +212,19 @@ thread_local! {
 }
 
 static GET_RUNNING_LOOP: GILOnceCell<PyObject> = GILOnceCell::new();
+
+/// In a forked child: forgets the parent's hubs, so that no loop of the
+/// child ever drains (and so resets) a wake-up descriptor it shares with the
+/// parent. They are leaked, not dropped: a parent worker may have been
+/// half-way through a push when the process forked.
+pub fn forget_after_fork() {
+    // Taken only with the GIL and never across a Python call, so no parent
+    // thread held it at the fork; `try_lock` all the same.
+    if let Ok(mut hubs) = HUBS.try_lock() {
+        std::mem::forget(std::mem::take(&mut *hubs));
+    }
+    std::mem::forget(LAST.with_borrow_mut(Option::take));
+}
 
 /// The running event loop of this thread, if any.
 pub fn running_loop(py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> {
@@ -227,8 +245,7 @@ pub fn hub_for(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Hu
     if let Some(core) = cached {
         return Ok(core);
     }
-    let known = HUBS
-        .lock()
+    let known = hubs()
         .iter()
         .find(|hub| hub.get().event_loop.is(event_loop))
         .map(|hub| hub.clone_ref(py));
@@ -236,7 +253,7 @@ pub fn hub_for(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Hu
         Some(hub) => hub,
         None => {
             // Python is never called with HUBS locked: a call may release the GIL.
-            let known: Vec<Py<Hub>> = HUBS.lock().iter().map(|hub| hub.clone_ref(py)).collect();
+            let known: Vec<Py<Hub>> = hubs().iter().map(|hub| hub.clone_ref(py)).collect();
             let closed: Vec<Py<Hub>> = known
                 .into_iter()
                 .filter(|hub| loop_is_closed(py, &hub.get().event_loop))
@@ -256,7 +273,7 @@ pub fn hub_for(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Hu
             )?;
             event_loop.call_method1("add_reader", (fd, hub.clone_ref(py)))?;
             let removed: Vec<Py<Hub>> = {
-                let mut hubs = HUBS.lock();
+                let mut hubs = hubs();
                 let (stale, live): (Vec<_>, Vec<_>) = std::mem::take(&mut *hubs)
                     .into_iter()
                     .partition(|hub| closed.iter().any(|c| c.is(hub)));

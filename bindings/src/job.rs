@@ -15,13 +15,13 @@
 
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyTimeoutError};
 use pyo3::impl_::pyclass_init::PyObjectInit;
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyDict, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
+use raptors_runtime::lock::Mutex;
 use raptors_runtime::{JobStatus, Outcome};
 
 use crate::awaiter::JobAwait;

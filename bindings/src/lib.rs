@@ -39,6 +39,12 @@ use pyo3::prelude::*;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Called by the package's `os.register_at_fork` child hook.
+#[pyfunction]
+fn _after_fork_in_child() {
+    hub::forget_after_fork();
+}
+
 /// Called by the package's `atexit` hook once every pool has been closed.
 #[pyfunction]
 fn _interpreter_exiting() {
@@ -60,6 +66,7 @@ fn _raptors(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<array::Array>()?;
     kernel::register(module)?;
     module.add_function(wrap_pyfunction!(_interpreter_exiting, module)?)?;
+    module.add_function(wrap_pyfunction!(_after_fork_in_child, module)?)?;
     module.add_function(wrap_pyfunction!(budget::_usable_cores, module)?)?;
     module.add_function(wrap_pyfunction!(timeout::_timeout_seconds, module)?)?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;

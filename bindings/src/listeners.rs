@@ -22,9 +22,9 @@
 
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
+use raptors_runtime::lock::Mutex;
 
 use crate::awaiter::JobAwait;
 use crate::futures_waiters::FuturesWaiters;
@@ -166,7 +166,9 @@ impl Listeners {
         let Some(job) = job else {
             return;
         };
-        gil::with_gil_here(|py| {
+        // `move`: the job reference must be dropped with the GIL held, or
+        // pyo3 defers its decref to the next time it takes the GIL itself.
+        gil::with_gil_here(move |py| {
             let job = job.bind(py);
             if let Some(waiters) = waiters {
                 if let Err(err) = waiters.notify(py, job) {

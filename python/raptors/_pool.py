@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -31,8 +32,6 @@ _unjoined: set[Pool] = set()
 _DEFAULT_NAME = "default"
 
 
-# PoolCore.submit returns a Job: a Future by behaviour (asyncio and
-# concurrent.futures accept it), not by inheritance, which mypy cannot see.
 # ThreadPoolExecutor is a base only so that asyncio's
 # `loop.set_default_executor(pool)` (which checks the type) accepts a pool:
 # every method an executor has is this class's own, and ThreadPoolExecutor's
@@ -244,18 +243,43 @@ def submit(
     return target.submit(fn, *args, priority=priority, token=token, timeout=timeout, **kwargs)
 
 
+# Seconds an exit may wait for running jobs before saying so on stderr.
+EXIT_NOTICE_SECONDS = 5.0
+
+
 @atexit.register
 def _close_all_pools() -> None:
     # Workers take the GIL to run Python jobs: they must be done before the
     # interpreter finalises. Queued jobs still run, as ThreadPoolExecutor's do.
     for pool in pools():
-        pool.close(wait=True)
+        pool.close(wait=False)
     with _registry_lock:
-        closed = list(_unjoined)
-    for pool in closed:
-        pool._join(None)
+        waiting = list(_unjoined)
+    _join_at_exit(waiting, EXIT_NOTICE_SECONDS)
     _budget._close_all_budgets()
     _raptors._interpreter_exiting()
+
+
+def _join_at_exit(waiting: list[Pool], notice_after: float) -> None:
+    """Joins ``waiting``; if that takes longer than ``notice_after`` seconds
+    (a Python job blocked on something that never comes, say), says on
+    stderr which pools exit waits for, and again every minute."""
+    notice_at = time.monotonic() + notice_after
+    while waiting:
+        waiting = [pool for pool in waiting if not pool._join(0.05)]
+        if waiting and time.monotonic() >= notice_at:
+            snapshots = [(pool.name, pool.stats()) for pool in waiting]
+            busy = ", ".join(
+                f"'{name}' ({s.running} running, {s.queued} queued)" for name, s in snapshots
+            )
+            print(
+                f"raptors: interpreter exit is waiting for the jobs of pool(s) {busy}; "
+                "queued jobs still run, as with ThreadPoolExecutor "
+                "(close pools with cancel_pending=True to drop them)",
+                file=sys.stderr,
+                flush=True,
+            )
+            notice_at = time.monotonic() + 60.0
 
 
 def _result_or_cancel(job: Job, timeout: float | None) -> Any:
@@ -286,6 +310,7 @@ def _after_fork_in_child() -> None:
         pool._close(True)
     _registry.clear()
     _unjoined.clear()
+    _raptors._after_fork_in_child()
 
 
 if hasattr(os, "register_at_fork"):

@@ -28,6 +28,7 @@ __all__ = [
     "RaptorsError",
     "_JobBase",
     "__version__",
+    "_after_fork_in_child",
     "_interpreter_exiting",
     "_test_panic_kernel",
     "_timeout_seconds",
@@ -277,6 +278,7 @@ cosine_topk: Kernel
 _test_panic_kernel: Kernel
 
 def _interpreter_exiting() -> None: ...
+def _after_fork_in_child() -> None: ...
 def _timeout_seconds(value: object, name: str = "timeout") -> float | None: ...
 def _usable_cores() -> int: ...
 

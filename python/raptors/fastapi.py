@@ -42,6 +42,7 @@ import contextlib
 import dataclasses
 import math
 import operator
+import os
 import re
 import threading
 import time
@@ -795,11 +796,11 @@ class Raptors:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     def stats_snapshot(self) -> dict[str, Any]:
-        """Every owned pool's stats by pool name, the budgets they run on, and
-        the tenant and batcher views."""
+        """The serving process's id, every owned pool's stats by pool name,
+        the budgets they run on, and the tenant and batcher views."""
         pools = {name: pool.stats().to_dict() for name, pool in self.all_pools().items()}
         budgets = {name: budget.stats().to_dict() for name, budget in self.budgets().items()}
-        out: dict[str, Any] = {"pools": pools, "budgets": budgets}
+        out: dict[str, Any] = {"pid": os.getpid(), "pools": pools, "budgets": budgets}
         if self.tenants is not None:
             out["tenants"] = self.tenants.snapshot()
         if self.batchers:

@@ -23,7 +23,7 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use parking_lot::{Condvar, Mutex};
+use crate::lock::{Condvar, Mutex};
 
 use crate::scheduler::Taken;
 
@@ -45,11 +45,8 @@ pub(crate) struct Slot {
     wake: AtomicU8,
     /// The job handed over with [`Wake::Run`]: written by the waker under
     /// the budget lock while the worker is idle, taken by the worker once
-    /// it consumed `Wake::Run`, so never contended. A `std` mutex (a futex
-    /// of its own) rather than `parking_lot`: a contended `parking_lot`
-    /// lock goes through that crate's process-wide table of waiters, which
-    /// a forked child inherits in whatever state a parent thread left it.
-    handoff: std::sync::Mutex<Option<Taken>>,
+    /// it consumed `Wake::Run`, so never contended.
+    handoff: Mutex<Option<Taken>>,
     lock: Mutex<()>,
     signal: Condvar,
 }
@@ -58,7 +55,7 @@ impl Slot {
     pub(crate) fn new() -> Self {
         Slot {
             wake: AtomicU8::new(Wake::None as u8),
-            handoff: std::sync::Mutex::new(None),
+            handoff: Mutex::new(None),
             lock: Mutex::new(()),
             signal: Condvar::new(),
         }
@@ -78,17 +75,13 @@ impl Slot {
     }
 
     fn hand_over(&self, job: Taken) {
-        *self
-            .handoff
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(job);
+        *self.handoff.lock() = Some(job);
     }
 
     /// The job handed over with [`Wake::Run`] (once).
     pub(crate) fn take_handoff(&self) -> Taken {
         self.handoff
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take()
             .expect("a worker woken to run was handed a job")
     }

@@ -64,6 +64,7 @@ mod error;
 mod fork;
 mod idle;
 mod job;
+pub mod lock;
 #[cfg(loom)]
 #[doc(hidden)]
 pub mod model;

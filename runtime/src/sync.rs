@@ -3,8 +3,7 @@
 //!
 //! The per-job state machine (`job.rs`) and the drain protocol of `join`
 //! (`drain.rs`) go through this module: they are what the loom models
-//! exercise. The budget's hot lock uses `parking_lot` directly and is
-//! covered by the stress tests instead.
+//! exercise. Every other lock is `lock.rs`'s, covered by the stress tests.
 
 #[cfg(loom)]
 pub(crate) use loom::{

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Weak;
 use std::time::Instant;
 
-use parking_lot::{Condvar, Mutex, MutexGuard};
+use crate::lock::{Condvar, Mutex, MutexGuard};
 
 use crate::fork;
 use crate::pool::Shared;
