@@ -1,5 +1,9 @@
 //! Cancel / deadline / token / start / complete races, and the stats
 //! invariant under concurrent churn.
+//!
+//! `RAPTORS_STRESS_ROUNDS=N` repeats the race round and the churn N times
+//! (default: 5 race rounds, 1 churn): the long runs `docs/reliability.md`
+//! quotes.
 
 mod common;
 
@@ -10,6 +14,14 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use raptors_runtime::{CancelToken, JobHandle, JobStatus, JobStop, Outcome, Pool, SubmitOptions};
+
+/// How many times the long tests repeat (`RAPTORS_STRESS_ROUNDS`).
+fn rounds(default: usize) -> usize {
+    std::env::var("RAPTORS_STRESS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 /// Keeps the default hook's output for unexpected panics only.
 fn quiet_planned_panics() {
@@ -95,7 +107,7 @@ fn check_ended_once(job: &JobHandle<u32, String>, record: &Record) {
 #[test]
 fn every_job_ends_exactly_once_whatever_races() {
     quiet_planned_panics();
-    for _ in 0..5 {
+    for _ in 0..rounds(5) {
         race_round();
     }
 }
@@ -180,6 +192,12 @@ fn race_round() {
 #[test]
 fn stats_invariant_holds_under_churn() {
     quiet_planned_panics();
+    for _ in 0..rounds(1) {
+        churn_round();
+    }
+}
+
+fn churn_round() {
     let pool = pool("churn", 2, 16);
     let stop = Arc::new(AtomicBool::new(false));
     let snapshots = {
