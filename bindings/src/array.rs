@@ -124,19 +124,22 @@ impl Array {
         Ok(kernel.call(args, kwargs)?.unbind())
     }
 
-    /// `self.<op>(axis=...)` natively; with any argument only NumPy's method
-    /// has (`dtype`, `out`, `keepdims`, `initial`, `where`, as `np.sum(a,
-    /// ...)` passes them), NumPy's method on a zero-copy view of `self`.
+    /// `self.<op>(axis=...)` natively. Given anything only NumPy's method
+    /// takes (`dtype`, `out`, `keepdims`, `initial`, `where`; `np.sum(a, ...)`
+    /// passes `out=None` and `dtype=None` itself, which count as not given),
+    /// NumPy's method on a zero-copy view of `self`.
     fn reduction(
         slf: &Bound<'_, Array>,
         op: Op,
         axis: Option<&Bound<'_, PyAny>>,
-        extra: NumpyOnly<'_, '_>,
+        numpy_only: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<PyObject> {
         let py = slf.py();
-        let Some(kwargs) = extra.kwargs(py)? else {
+        let given = numpy_only.filter(|kwargs| kwargs.values().iter().any(|v| !v.is_none()));
+        let Some(kwargs) = given else {
             return Array::call_kernel(slf, op, &[], Some(&axis_kwargs(py, axis)?));
         };
+        let kwargs = kwargs.copy()?;
         kwargs.set_item("axis", axis)?;
         let view = py.import("numpy")?.call_method1("asarray", (slf,))?;
         Ok(view.call_method(op.name(), (), Some(&kwargs))?.unbind())
@@ -168,46 +171,6 @@ impl Array {
         let kwargs = submit_kwargs(slf.py(), pool, priority)?;
         kwargs.set_item("axis", axis)?;
         Array::submit_kernel(slf, op, &[], &kwargs)
-    }
-}
-
-/// The reduction arguments only NumPy's own methods take.
-struct NumpyOnly<'a, 'py> {
-    dtype: Option<&'a Bound<'py, PyAny>>,
-    out: Option<&'a Bound<'py, PyAny>>,
-    keepdims: bool,
-    rest: Option<&'a Bound<'py, PyDict>>,
-}
-
-fn given<'a, 'py>(value: Option<&'a Bound<'py, PyAny>>) -> Option<&'a Bound<'py, PyAny>> {
-    value.filter(|v| !v.is_none())
-}
-
-impl<'py> NumpyOnly<'_, 'py> {
-    /// The given ones as keyword arguments; `None` when none was given.
-    fn kwargs(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let rest = self.rest.filter(|r| !r.is_empty());
-        if given(self.dtype).is_none()
-            && given(self.out).is_none()
-            && !self.keepdims
-            && rest.is_none()
-        {
-            return Ok(None);
-        }
-        let kwargs = match rest {
-            Some(rest) => rest.copy()?,
-            None => PyDict::new(py),
-        };
-        if let Some(dtype) = given(self.dtype) {
-            kwargs.set_item("dtype", dtype)?;
-        }
-        if let Some(out) = given(self.out) {
-            kwargs.set_item("out", out)?;
-        }
-        if self.keepdims {
-            kwargs.set_item("keepdims", true)?;
-        }
-        Ok(Some(kwargs))
     }
 }
 
@@ -343,76 +306,40 @@ impl Array {
         Array::call_kernel(slf, Op::Dot, &[other], None)
     }
 
-    #[pyo3(signature = (axis=None, dtype=None, out=None, keepdims=false, **numpy_only))]
+    #[pyo3(signature = (axis=None, **numpy_only))]
     fn sum(
         slf: &Bound<'_, Self>,
         axis: Option<&Bound<'_, PyAny>>,
-        dtype: Option<&Bound<'_, PyAny>>,
-        out: Option<&Bound<'_, PyAny>>,
-        keepdims: bool,
         numpy_only: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<PyObject> {
-        let extra = NumpyOnly {
-            dtype,
-            out,
-            keepdims,
-            rest: numpy_only,
-        };
-        Array::reduction(slf, Op::Sum, axis, extra)
+        Array::reduction(slf, Op::Sum, axis, numpy_only)
     }
 
-    #[pyo3(signature = (axis=None, dtype=None, out=None, keepdims=false, **numpy_only))]
+    #[pyo3(signature = (axis=None, **numpy_only))]
     fn mean(
         slf: &Bound<'_, Self>,
         axis: Option<&Bound<'_, PyAny>>,
-        dtype: Option<&Bound<'_, PyAny>>,
-        out: Option<&Bound<'_, PyAny>>,
-        keepdims: bool,
         numpy_only: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<PyObject> {
-        let extra = NumpyOnly {
-            dtype,
-            out,
-            keepdims,
-            rest: numpy_only,
-        };
-        Array::reduction(slf, Op::Mean, axis, extra)
+        Array::reduction(slf, Op::Mean, axis, numpy_only)
     }
 
-    #[pyo3(signature = (axis=None, dtype=None, out=None, keepdims=false, **numpy_only))]
+    #[pyo3(signature = (axis=None, **numpy_only))]
     fn min(
         slf: &Bound<'_, Self>,
         axis: Option<&Bound<'_, PyAny>>,
-        dtype: Option<&Bound<'_, PyAny>>,
-        out: Option<&Bound<'_, PyAny>>,
-        keepdims: bool,
         numpy_only: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<PyObject> {
-        let extra = NumpyOnly {
-            dtype,
-            out,
-            keepdims,
-            rest: numpy_only,
-        };
-        Array::reduction(slf, Op::Min, axis, extra)
+        Array::reduction(slf, Op::Min, axis, numpy_only)
     }
 
-    #[pyo3(signature = (axis=None, dtype=None, out=None, keepdims=false, **numpy_only))]
+    #[pyo3(signature = (axis=None, **numpy_only))]
     fn max(
         slf: &Bound<'_, Self>,
         axis: Option<&Bound<'_, PyAny>>,
-        dtype: Option<&Bound<'_, PyAny>>,
-        out: Option<&Bound<'_, PyAny>>,
-        keepdims: bool,
         numpy_only: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<PyObject> {
-        let extra = NumpyOnly {
-            dtype,
-            out,
-            keepdims,
-            rest: numpy_only,
-        };
-        Array::reduction(slf, Op::Max, axis, extra)
+        Array::reduction(slf, Op::Max, axis, numpy_only)
     }
 
     /// `rp.submit(rp.dot, self, other, pool=pool, priority=priority)`.

@@ -31,7 +31,7 @@ use raptors_runtime::JobStatus;
 use crate::errors;
 use crate::hub;
 use crate::job::JobBase;
-use crate::listeners::{report_callback_error, Added, Callback};
+use crate::listeners::{self, report_callback_error, Added, Callback};
 
 #[derive(Default)]
 struct AwaitState {
@@ -278,21 +278,7 @@ impl JobAwait {
 
     /// Removes every registration of `fn`; returns how many were removed.
     fn remove_done_callback(&self, py: Python<'_>, func: PyObject) -> PyResult<usize> {
-        let callbacks = self.take_callbacks();
-        let before = callbacks.len();
-        let mut kept = Vec::with_capacity(before);
-        let mut failure = None;
-        for callback in callbacks {
-            if failure.is_none() {
-                match callback.func().bind(py).eq(&func) {
-                    Ok(true) => continue,
-                    Ok(false) => {}
-                    Err(err) => failure = Some(err),
-                }
-            }
-            kept.push(callback);
-        }
-        let removed = before - kept.len();
+        let (kept, removed, failure) = listeners::without(py, self.take_callbacks(), func.bind(py));
         self.restore_callbacks(kept);
         match failure {
             Some(err) => Err(err),

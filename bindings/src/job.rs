@@ -28,7 +28,7 @@ use crate::awaiter::JobAwait;
 use crate::errors;
 use crate::futures_waiters::{self, FuturesWaiters};
 use crate::gil;
-use crate::listeners::{report_callback_error, Added, Callback, Listeners};
+use crate::listeners::{self, report_callback_error, Added, Callback, Listeners};
 use crate::task::{JobError, JobValue, RuntimeHandle};
 use crate::timeout::Timeout;
 
@@ -331,23 +331,7 @@ impl JobBase {
         let job = slf.get();
         let func = func.bind(py);
         // Equality may run Python code: compare outside the lock.
-        let callbacks = job.listeners.take_callbacks();
-        let before = callbacks.len();
-        let mut kept = Vec::with_capacity(before);
-        // A comparison that raises keeps its callback, and every later one:
-        // nothing is lost, and the error is raised once all are back.
-        let mut failure: Option<PyErr> = None;
-        for callback in callbacks {
-            if failure.is_none() {
-                match callback.func().bind(py).eq(func) {
-                    Ok(true) => continue,
-                    Ok(false) => {}
-                    Err(err) => failure = Some(err),
-                }
-            }
-            kept.push(callback);
-        }
-        let removed = before - kept.len();
+        let (kept, removed, failure) = listeners::without(py, job.listeners.take_callbacks(), func);
         if let Added::Finished(kept) = job.listeners.restore_callbacks(kept) {
             // The job ended while the callbacks were out; run what is left.
             for callback in kept {

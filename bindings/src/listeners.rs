@@ -43,10 +43,6 @@ impl Callback {
         Callback { func, context }
     }
 
-    pub fn func(&self) -> &PyObject {
-        &self.func
-    }
-
     pub fn invoke(self, py: Python<'_>, arg: &Bound<'_, PyAny>) -> PyResult<()> {
         match self.context {
             Some(context) => context.call_method1(py, "run", (self.func, arg)).map(drop),
@@ -80,6 +76,31 @@ struct Registered {
     /// The job to pass to callbacks and waiters; taken when the job ends, so
     /// that a job does not keep itself alive.
     job: Option<Py<JobBase>>,
+}
+
+/// `callbacks` without those whose function equals `func`, and how many
+/// were removed. A comparison that raises keeps its callback and every later
+/// one (nothing is lost); its error comes back beside what was kept.
+pub fn without(
+    py: Python<'_>,
+    callbacks: Vec<Callback>,
+    func: &Bound<'_, PyAny>,
+) -> (Vec<Callback>, usize, Option<PyErr>) {
+    let before = callbacks.len();
+    let mut kept = Vec::with_capacity(before);
+    let mut failure = None;
+    for callback in callbacks {
+        if failure.is_none() {
+            match callback.func.bind(py).eq(func) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(err) => failure = Some(err),
+            }
+        }
+        kept.push(callback);
+    }
+    let removed = before - kept.len();
+    (kept, removed, failure)
 }
 
 /// What a registration found: the list was still open, or the job had ended

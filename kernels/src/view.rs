@@ -207,12 +207,18 @@ impl Operand<'_> {
     /// `Overflow` for a Python int that no integer dtype holds.
     pub(crate) fn out_of_int64(&self) -> Result<(), KernelError> {
         match self {
-            Operand::BigInt(v) => Err(KernelError::Overflow(format!(
-                "Python integer (about {v:.3e}) out of bounds for int64"
-            ))),
+            Operand::BigInt(v) => Err(big_int_error(*v)),
             _ => Ok(()),
         }
     }
+}
+
+/// NumPy's `OverflowError` for a Python int beyond int64 where an integer
+/// is needed.
+pub(crate) fn big_int_error(v: f64) -> KernelError {
+    KernelError::Overflow(format!(
+        "Python integer (about {v:.3e}) out of bounds for int64"
+    ))
 }
 
 /// Typed, read-only 2-D view used inside kernels.

@@ -69,7 +69,7 @@ fn strong<'a>(
     Ok(match op {
         Operand::Array(v) => Operand::Array(*v),
         Operand::Int(_) => Operand::Array(crate::ArrayView::from_slice(iv, &[])?),
-        Operand::BigInt(_) => return op.out_of_int64().map(|()| unreachable!()),
+        Operand::BigInt(v) => return Err(crate::view::big_int_error(*v)),
         Operand::Float(_) => Operand::Array(crate::ArrayView::from_slice(fv, &[])?),
     })
 }

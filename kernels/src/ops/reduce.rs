@@ -562,7 +562,7 @@ pub(crate) fn reduce(
             fv = [*x];
             crate::ArrayView::from_slice(&fv, &[])?
         }
-        Operand::BigInt(_) => return operand.out_of_int64().map(|()| unreachable!()),
+        Operand::BigInt(v) => return Err(crate::view::big_int_error(*v)),
     };
     debug_assert_eq!(strong_dtype(operand), view.dtype());
     let dt = view.dtype();
