@@ -2,27 +2,22 @@
 //!
 //! One hub per event loop. A hub owns a wake-up file descriptor (an eventfd
 //! on Linux, a pipe elsewhere) registered with `loop.add_reader`, and a
-//! lock-free queue of deliveries. A thread that ends a job pushes each of
-//! its awaiters onto the queue and signals the descriptor only when
-//! the hub is not already signalled, so a burst of completions costs the
-//! loop one wake-up and workers one system call per batch rather than one
-//! per job. The loop drains the whole queue on its own thread, where the
-//! awaiting Tasks' wake-ups must run.
-//!
-//! Invariant: `signalled` is true from the moment a push finds it false
-//! (and writes the descriptor) until the loop thread starts a drain. A push
-//! that races a drain either lands before the drain's `swap(false)` (and is
-//! popped by it) or finds `signalled == false` and wakes the loop again.
+//! [`Mailbox`] of deliveries. A thread that ends a job posts each of its
+//! awaiters and writes the descriptor only when the mailbox asks for a
+//! wake-up, so a burst of completions costs the loop one wake-up and
+//! workers one system call per batch rather than one per job. The loop
+//! drains the whole mailbox on its own thread, where the awaiting Tasks'
+//! wake-ups must run. The wake-up protocol, its invariant and its loom
+//! model are the mailbox's (`runtime/src/mailbox.rs`).
 
 use std::cell::RefCell;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crossbeam_queue::SegQueue;
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::PyDict;
+use raptors_runtime::Mailbox;
 
 use crate::awaiter::JobAwait;
 use crate::listeners::Callback;
@@ -37,16 +32,14 @@ pub struct Delivery {
 /// that end jobs (no Python reference to drop on a worker).
 pub struct HubCore {
     wake: Waker,
-    signalled: AtomicBool,
-    queue: SegQueue<Delivery>,
+    mailbox: Mailbox<Delivery>,
 }
 
 impl HubCore {
-    /// Queues `delivery` for the loop and wakes it unless already signalled.
+    /// Posts `delivery` to the loop, waking it unless a wake-up is pending.
     /// Callable from any thread, with or without the GIL.
     pub fn push(&self, delivery: Delivery) {
-        self.queue.push(delivery);
-        if !self.signalled.swap(true, Ordering::AcqRel) {
+        if self.mailbox.post(delivery) {
             self.wake.signal();
         }
     }
@@ -66,10 +59,8 @@ impl Hub {
     fn __call__(&self, py: Python<'_>) -> PyResult<()> {
         let core = &*self.core;
         core.wake.clear();
-        // A swap (not a store) orders this before the pops below, so a push
-        // that found `signalled` true is seen by this drain.
-        core.signalled.swap(false, Ordering::AcqRel);
-        while let Some(delivery) = core.queue.pop() {
+        core.mailbox.begin_drain();
+        while let Some(delivery) = core.mailbox.pop() {
             let awaiter = delivery.awaiter.bind(py);
             let mut callbacks = awaiter.get().take_callbacks().into_iter();
             while let Some(callback) = callbacks.next() {
@@ -85,8 +76,8 @@ impl Hub {
                         core.push(Delivery {
                             awaiter: delivery.awaiter.clone_ref(py),
                         });
-                    } else if !core.queue.is_empty() {
-                        core.signalled.store(true, Ordering::Release);
+                    }
+                    if core.mailbox.end_drain_early() {
                         core.wake.signal();
                     }
                     return Err(err);
@@ -265,8 +256,7 @@ pub fn hub_for(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Hu
                 Hub {
                     core: Arc::new(HubCore {
                         wake,
-                        signalled: AtomicBool::new(false),
-                        queue: SegQueue::new(),
+                        mailbox: Mailbox::new(),
                     }),
                     event_loop: event_loop.clone().unbind(),
                 },

@@ -65,6 +65,7 @@ mod fork;
 mod idle;
 mod job;
 pub mod lock;
+mod mailbox;
 #[cfg(loom)]
 #[doc(hidden)]
 pub mod model;
@@ -82,6 +83,7 @@ pub use budget::{Budget, BudgetConfig, BudgetStats, ThreadHook};
 pub use context::JobContext;
 pub use error::{BuildError, SubmitError};
 pub use job::{panic_message, JobHandle, JobStatus, JobStop, Outcome};
+pub use mailbox::Mailbox;
 pub use pool::{Pool, PoolConfig, SubmitOptions};
 pub use stats::PoolStats;
 pub use token::CancelToken;

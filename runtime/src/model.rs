@@ -111,3 +111,66 @@ impl ModelDrain {
         self.0.wait(None)
     }
 }
+
+/// A token's registry (`token.rs`, the real code) and the pool's half of
+/// the register/cancel window, restated over one modelled lock: submit
+/// registers, then re-checks the flag under the pool lock before
+/// enqueueing (`Pool::submit`); cancel removes each drained job under the
+/// pool lock (`task::cancel_queued`).
+#[derive(Default)]
+pub struct ModelTokenPool {
+    token: crate::token::Registry<()>,
+    queue: crate::sync::Mutex<Vec<(u64, std::sync::Arc<ModelJob>)>>,
+}
+
+impl ModelTokenPool {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Submits `job` with the token: queued, or cancelled at once.
+    pub fn submit(&self, id: u64, job: &std::sync::Arc<ModelJob>) {
+        let registered = self.token.register(id, ());
+        let mut queue = crate::sync::lock(&self.queue);
+        if !registered || self.token.is_cancelled() {
+            drop(queue);
+            self.token.unregister(id);
+            job.try_cancel().expect("a fresh job is queued").finish();
+        } else {
+            queue.push((id, std::sync::Arc::clone(job)));
+        }
+    }
+
+    /// Cancels the token and every job it drained that is still queued.
+    pub fn cancel(&self) {
+        for id in self.token.cancel().into_iter().flat_map(|m| m.into_keys()) {
+            let removed = {
+                let mut queue = crate::sync::lock(&self.queue);
+                let at = queue.iter().position(|(queued, _)| *queued == id);
+                at.map(|at| queue.swap_remove(at).1)
+            };
+            if let Some(job) = removed {
+                job.try_cancel().expect("left the queue").finish();
+            }
+        }
+    }
+
+    /// A worker takes the oldest queued job, if any, and runs it.
+    pub fn run_next(&self) -> bool {
+        let next = {
+            let mut queue = crate::sync::lock(&self.queue);
+            (!queue.is_empty()).then(|| queue.remove(0))
+        };
+        let Some((id, job)) = next else { return false };
+        self.token.unregister(id);
+        job.try_start()
+            .expect("left the queue")
+            .finish(Outcome::Done(0));
+        true
+    }
+
+    /// Jobs still queued.
+    pub fn queued(&self) -> usize {
+        crate::sync::lock(&self.queue).len()
+    }
+}

@@ -1,20 +1,21 @@
 //! Synchronisation primitives of the job state machine, swapped for loom's
 //! model-checked versions under `--cfg loom`.
 //!
-//! The per-job state machine (`job.rs`) and the drain protocol of `join`
-//! (`drain.rs`) go through this module: they are what the loom models
-//! exercise. Every other lock is `lock.rs`'s, covered by the stress tests.
+//! The per-job state machine (`job.rs`), the drain protocol of `join`
+//! (`drain.rs`), the mailbox's wake-up protocol (`mailbox.rs`) and the
+//! token's registry (`token.rs`) go through this module: they are what the
+//! loom models exercise. Every other lock is `lock.rs`'s, covered by the stress tests.
 
 #[cfg(loom)]
 pub(crate) use loom::{
     cell::UnsafeCell,
-    sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering},
+    sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering},
     sync::{Condvar, Mutex, MutexGuard},
 };
 
 #[cfg(not(loom))]
 pub(crate) use std::sync::{
-    atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering},
     Condvar, Mutex, MutexGuard,
 };
 
