@@ -278,7 +278,54 @@ def test_tenant_cap_shared_overflow_pool(layout):
         assert r1.status_code == r2.status_code == 200
         assert r1.json()["pool"] == r2.json()["pool"] == rx.tenants.template.prefix + "overflow"
         snap = client.get("/stats").json()["tenants"]
-        assert snap["overflow_tenants"] == ["b", "c"]
+        # "b"'s job had ended when "c" came: the idle overflow pool forgot it.
+        assert snap["overflow_tenants"] == ["c"]
+
+
+def test_overflow_tenants_are_forgotten_once_the_overflow_pool_is_idle():
+    """Regression (soak with tenant churn): every tenant ever sent to the
+    overflow pool was remembered for good, a set growing with each new
+    tenant name (2,225 after one minute of churn, listed in every /stats),
+    and such a tenant stayed on the shared pool even once the cap had room."""
+    rx, app = tenant_app(max_tenants=1, overflow="shared", budget_threads=2, threads=1)
+    with TestClient(app) as client:
+        tenants = rx.tenants
+        assert client.post("/tenant", headers={"X-Tenant": "a"}).status_code == 200
+        gate, _ = block(tenants.get("a"))
+        overflow = tenants.get("o-0")
+        o_gate, o_jobs = block(overflow)  # the overflow pool busy: its tenants stay
+        for i in range(1, 50):
+            assert tenants.get(f"o-{i}") is overflow
+        tenants.sweep()
+        assert len(client.get("/stats").json()["tenants"]["overflow_tenants"]) == 50
+        assert tenants.get("o-7") is overflow  # sticky while its pool holds work
+        o_gate.set()
+        o_jobs[0].result(timeout=HANG)
+        wait_until(lambda: overflow.stats().running == 0, HANG)
+        tenants.sweep()
+        assert client.get("/stats").json()["tenants"]["overflow_tenants"] == []
+        gate.set()
+        wait_until(lambda: tenants.get("a").stats().running == 0, HANG)
+        # The cap has room again (the idle "a" is evicted): a pool of its own.
+        assert tenants.get("o-7") is not overflow
+        assert tenants.get("o-7").name == tenants.template.prefix + "o-7"
+
+
+def test_overflow_tenants_expire_after_idle_timeout_while_the_pool_stays_busy():
+    rx, app = tenant_app(
+        max_tenants=1, overflow="shared", budget_threads=2, threads=1, idle_timeout=0.05
+    )
+    with TestClient(app):
+        tenants = rx.tenants
+        gate, _ = block(tenants.get("a"))
+        overflow = tenants.get("old")
+        o_gate, _ = block(overflow)
+        time.sleep(0.1)  # "old" idle for longer than idle_timeout
+        assert tenants.get("new") is overflow
+        tenants.sweep()
+        assert tenants.snapshot()["overflow_tenants"] == ["new"]
+        o_gate.set()
+        gate.set()
 
 
 def test_idle_tenants_are_evicted_and_closed():
@@ -483,6 +530,40 @@ async def test_batcher_coalesces_and_keeps_order():
         assert await asyncio.gather(*futs) == [2 * i for i in range(7)]
         assert calls == [[0], [1, 2, 3], [4, 5, 6]]
         assert (batcher.batches, batcher.items) == (3, 7)
+    finally:
+        pool.close()
+
+
+async def test_a_queued_batch_job_whose_callers_all_left_is_cancelled():
+    """Regression (HTTP fuzz): a call that finds a free slot is submitted
+    alone at once, so a client that left while that job waited in the pool
+    got its 499 but the job still ran: an abandoned request cost compute."""
+    pool = rp.Pool(uniq("batch-abandon"), threads=1, queue=4)
+    ran: list[list[int]] = []
+
+    def record(items):
+        ran.append(list(items))
+        return items
+
+    batcher = Batcher(record, max_inflight=2)
+    try:
+        gate, _ = block(pool)
+        # Both find a free slot: each is submitted at once, alone, and waits
+        # in the pool behind the gate; a third waits in the batcher.
+        first, second, third = (batcher.submit(pool, i) for i in (1, 2, 3))
+        assert pool.stats().queued == 2 and batcher.pending == 1
+        first.cancel()  # its caller left: the queued job is cancelled
+
+        async def cancelled() -> None:
+            while pool.stats().cancelled < 1:
+                await asyncio.sleep(0.002)
+
+        await asyncio.wait_for(cancelled(), HANG)
+        gate.set()
+        assert await asyncio.wait_for(asyncio.gather(second, third), HANG) == [2, 3]
+        st = pool.stats()
+        assert st.cancelled == 1 and sorted(ran) == [[2], [3]], (st, ran)
+        assert st.submitted == st.completed + st.cancelled + st.failed + st.expired
     finally:
         pool.close()
 

@@ -43,6 +43,8 @@ Invariants:
   batch job's exception, ``QueueFull``, ``DeadlineExceeded`` or cancellation;
 * an item cancelled (its awaiting task cancelled, e.g. the client went away)
   before its batch was submitted is dropped from the batch and costs nothing;
+  a batch job whose items are all cancelled while it is still queued in the
+  pool is cancelled there (a started one runs, its results dropped);
 * ``pending`` counts items waiting for a batch, per pool, exactly;
 * ``inflight`` counts submitted batch jobs not yet finished, exactly, and
   never exceeds ``max_total_inflight`` when that is set;
@@ -258,6 +260,15 @@ class Batcher:
         # Delivered on this loop, batched with other completions, without
         # the worker taking the GIL.
         job.asyncio_future().add_done_callback(lambda _: self._finished(key, lane, job, batch))
+
+        def abandon(_: asyncio.Future[Any]) -> None:
+            # Every caller gone (e.g. their clients disconnected) while the
+            # job still waits in the pool: cancel it, it costs no compute.
+            if all(e.future.cancelled() for e in batch):
+                job.cancel()
+
+        for e in batch:
+            e.future.add_done_callback(abandon)
 
     def _finished(self, key: _Key, lane: _Lane, job: Any, batch: list[_Item]) -> None:
         lane.inflight -= 1

@@ -300,7 +300,12 @@ class TenantPools:
         self._lock = threading.Lock()
         self._tenants: dict[str, _Tenant] = {}
         self._overflow: rp.Pool | None = None
-        self._overflow_tenants: set[str] = set()
+        # Tenants sent to the overflow pool -> when they last used it: they
+        # stay there while it holds work of theirs (one pool per tenant at a
+        # time), and are forgotten like an idle tenant pool is evicted, so a
+        # churn of tenants leaves neither an ever-growing set nor tenants
+        # pinned to the shared pool once the cap has room again.
+        self._overflow_tenants: dict[str, float] = {}
         self._budget: rp.Budget | None = None
         self._closed = False
         self._last_sweep = time.monotonic()
@@ -382,6 +387,9 @@ class TenantPools:
                     self._sweep_locked(now)
                 return entry.pool
             if tenant in self._overflow_tenants and self._overflow is not None:
+                self._overflow_tenants[tenant] = now
+                if now - self._last_sweep >= self.sweep_interval:
+                    self._sweep_locked(now)
                 return self._overflow
             self._sweep_locked(now)
             if len(self._tenants) >= self.template.max_tenants:
@@ -402,7 +410,7 @@ class TenantPools:
             self._overflow = self._new_pool_locked(
                 self.template.prefix + "overflow", self._weight_locked(None)
             )
-        self._overflow_tenants.add(tenant)
+        self._overflow_tenants[tenant] = time.monotonic()
         return self._overflow
 
     def _idle(self, pool: rp.Pool) -> bool:
@@ -425,6 +433,15 @@ class TenantPools:
         for tenant, entry in list(self._tenants.items()):
             if entry.last_used <= horizon and self._idle(entry.pool):
                 self._evict_locked(tenant)
+        if self._overflow_tenants and self._overflow is not None:
+            if self._idle(self._overflow):
+                # Nothing of theirs waits or runs: each may get a pool of its
+                # own on its next request.
+                self._overflow_tenants.clear()
+            else:
+                for tenant, last_used in list(self._overflow_tenants.items()):
+                    if last_used <= horizon:
+                        del self._overflow_tenants[tenant]
 
     def _evict_lru_idle_locked(self) -> None:
         for tenant, entry in sorted(self._tenants.items(), key=lambda kv: kv[1].last_used):

@@ -207,8 +207,8 @@ def create_app(
     tenant_threads: int | None = None,
     tenant_queue: int | None = None,
     tenant_nice: int | None = None,
-    max_tenants: int = 32,
-    idle_timeout: float = 300.0,
+    max_tenants: int | None = None,
+    idle_timeout: float | None = None,
     default_timeout: float | None = None,
     tenant_budget: bool | None = None,
 ) -> Any:
@@ -216,8 +216,10 @@ def create_app(
     ``RAPTORS_TENANT_THREADS`` (default: one less than the usable cores, at
     least 1: the event loop keeps a core, see docs/capacity-planning.md) and
     ``RAPTORS_TENANT_QUEUE`` (default 64), ``RAPTORS_TENANT_NICE`` (default:
-    the pool default, 5) and ``RAPTORS_TENANT_BUDGET`` (``0``: no shared
-    budget; default: one).
+    the pool default, 5), ``RAPTORS_TENANT_BUDGET`` (``0``: no shared
+    budget; default: one), ``RAPTORS_MAX_TENANTS`` (default 32) and
+    ``RAPTORS_TENANT_IDLE_TIMEOUT`` (seconds, default 300: how long an idle
+    tenant keeps its pool).
 
     ``tenant_threads`` is the size of the budget every tenant pool shares
     (each tenant may use all of it; busy tenants share it equally). With
@@ -238,6 +240,10 @@ def create_app(
         tenant_queue = int(os.environ.get("RAPTORS_TENANT_QUEUE", "64"))
     if tenant_budget is None:
         tenant_budget = os.environ.get("RAPTORS_TENANT_BUDGET", "1") != "0"
+    if max_tenants is None:
+        max_tenants = int(os.environ.get("RAPTORS_MAX_TENANTS", "32"))
+    if idle_timeout is None:
+        idle_timeout = float(os.environ.get("RAPTORS_TENANT_IDLE_TIMEOUT", "300"))
     if tenant_nice is None and os.environ.get("RAPTORS_TENANT_NICE"):
         tenant_nice = int(os.environ["RAPTORS_TENANT_NICE"])
     m = make_matrix() if matrix is None else np.ascontiguousarray(matrix, dtype=np.float32)
