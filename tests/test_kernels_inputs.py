@@ -63,6 +63,20 @@ def test_unsupported_dtype_second_operand(name):
 RAGGED = ([[1.0, 2.0], [3.0]], [[1, 2, 3], [4, 5]], [1.0, [2.0, 3.0]])
 
 
+@pytest.mark.parametrize("mask", (False, [False, True] + [False] * 15), ids=("nomask", "masked"))
+@pytest.mark.parametrize("name", KERNELS)
+def test_masked_arrays_are_refused(name, mask):
+    # Found by fuzzing: kernels read a masked array's memory, masked-out values included, so
+    # rp.sum(np.ma.array([1.0, 2.0], mask=[0, 1])) was 3.0 where NumPy gives 1.0.
+    args, _ = sample_args(name)
+    first = np.ma.array(args[0], mask=np.resize(mask, args[0].shape))
+    with pytest.raises(TypeError, match="masked arrays are not supported"):
+        getattr(rp, name)(first, *args[1:])
+    if len(args) > 1 and isinstance(args[1], np.ndarray):
+        with pytest.raises(TypeError, match="masked arrays are not supported"):
+            getattr(rp, name)(args[0], np.ma.array(args[1]))
+
+
 @pytest.mark.parametrize("ragged", RAGGED, ids=str)
 @pytest.mark.parametrize("name", KERNELS)
 def test_ragged_lists(name, ragged):
@@ -170,6 +184,21 @@ def test_nested_lists_default_dtypes():
     assert as_numpy(rp.add([[1, 2], [3, 4]], [[1, 1], [1, 1]])).dtype == np.int64
     got = rp.dot([[1.0, 2.0], [3.0, 4.0]], [1.0, 1.0])
     np.testing.assert_array_equal(as_numpy(got), np.array([3.0, 7.0]))
+
+
+@pytest.mark.parametrize(
+    "a", (np.zeros((0, 0), np.int32), np.zeros(0, np.int64), 398, np.int32(3)), ids=repr
+)
+def test_dot_with_an_empty_list_second_takes_the_first_dtype(a):
+    # Found by fuzzing: np.dot finds the dtype of its operands in order, and an empty list
+    # after the first has none of its own (np.dot(int32_array, []) is int32); Raptors made it
+    # float64 as np.asarray([]) is.
+    for empty in ([], ()):
+        want = np.dot(a, empty)
+        got = as_numpy(rp.dot(a, empty))
+        assert np.asarray(got).dtype == np.asarray(want).dtype
+        assert np.asarray(got).shape == np.asarray(want).shape
+    assert np.asarray(rp.dot([], np.zeros(0, np.int32))).dtype == np.float64  # as NumPy
 
 
 def test_tuples_work_like_lists():

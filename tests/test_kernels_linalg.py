@@ -267,6 +267,30 @@ def test_cosine_zero_norm_scores_zero(dtype):
     check_against_numpy(rp.cosine_similarity, ref_cosine_similarity, (m, q), (m, q), scale=1.0)
 
 
+@pytest.mark.parametrize("queries", (None, 3, 40))
+@pytest.mark.parametrize("bad", (np.inf, -np.inf, np.nan))
+@pytest.mark.parametrize("dtype", ("float32", "float64"))
+def test_cosine_of_a_non_finite_vector_is_nan_like_numpy(dtype, bad, queries):
+    # Found by fuzzing: a row or query holding an infinity (a sum of squares that
+    # overflows, re-scored on the slow path) scored 0 instead of NumPy's NaN. A zero
+    # row still scores 0; a NaN among zeros is not a zero row.
+    m = make(dtype, (5, 9), seed=1)
+    m[1, 3] = bad
+    m[2] = 0
+    m[3] = 0
+    m[3, 4] = np.nan
+    q = make(dtype, (9,) if queries is None else (queries, 9), seed=2)
+    got = np.asarray(rp.cosine_similarity(m, q))
+    assert np.isnan(got[1]).all() and np.isnan(got[3]).all()
+    assert (got[2] == 0).all() and not np.isnan(got[[0, 4]]).any()
+    q_bad = q.copy()
+    q_bad[..., 0] = bad
+    got = np.asarray(rp.cosine_similarity(m, q_bad))
+    assert np.isnan(got[[0, 1, 3, 4]]).all() and (got[2] == 0).all()
+    idx, vals = rp.cosine_topk(m, q_bad[0] if q.ndim == 2 else q_bad, 5)
+    assert np.isnan(np.asarray(vals)[1:]).all() and np.asarray(idx)[0] == 2
+
+
 @pytest.mark.parametrize(
     "queries", (None, 3, 40), ids=("one-query", "streamed-batch", "gemm-batch")
 )

@@ -70,6 +70,31 @@ def test_clip_bounds_beyond_int64_saturate():
     assert_like_numpy("clip", np.arange(5.0), -BIG, BIG)
 
 
+@pytest.mark.parametrize("dtype", (np.int32, np.int64))
+@pytest.mark.parametrize(
+    "bounds",
+    ((BIG, None), (None, -BIG), (2**63, 2**63), (2**40, None), (None, -(2**40)), (-BIG, BIG)),
+    ids=str,
+)
+def test_clip_bounds_beyond_the_range_raise_where_they_would_clip(dtype, bounds):
+    # Found by fuzzing: np.clip drops only a bound beyond the array's range on the side
+    # where it never clips (lo at or below the minimum, hi at or above the maximum); any
+    # other such bound is NumPy's OverflowError. Raptors saturated every one, returning
+    # e.g. int64 max for clip(arange(3), 2**70, 2**70).
+    assert_like_numpy("clip", np.arange(5, dtype=dtype), *bounds)
+
+
+@pytest.mark.parametrize(
+    "args",
+    ((5, np.int32(1), np.int32(3)), (5.5, np.float32(1), np.float32(3)), (7, 1, 3)),
+    ids=str,
+)
+def test_clip_of_a_python_scalar_is_strong_like_numpy(args):
+    # Found by fuzzing: np.clip converts `a` with asarray, so a Python int is int64 and a
+    # Python float float64 (a ufunc would keep them weak); Raptors gave int32 / float32.
+    assert_like_numpy("clip", *args)
+
+
 def test_an_int_too_big_for_a_float_names_the_problem():
     with pytest.raises(OverflowError, match="too large to convert to float"):
         rp.add(np.ones(3), 10**400)
@@ -131,3 +156,21 @@ def test_reductions_of_a_bool_where_numpy_gives_a_number(name):
 def test_bools_alone_where_numpy_gives_a_bool_are_refused(name, args):
     with pytest.raises(TypeError, match=rf"{name}\(\) of Python bools: .*bool"):
         getattr(rp, name)(*args)
+
+
+@pytest.mark.parametrize("args", ((False, False, None), (True, None, True), (False, None, None)))
+def test_clip_of_bools_with_a_missing_bound_is_refused(args):
+    # Found by fuzzing: a None bound made the call look non-bool, so clip(False, False, None)
+    # was int64 0 where NumPy's result is a bool (and clip(False, None, None) NumPy's TypeError).
+    with pytest.raises(TypeError, match=r"clip\(\) of Python bools"):
+        rp.clip(*args)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bool_first", (False, True))
+def test_dot_with_a_python_bool_takes_the_other_dtype(dtype, bool_first):
+    # Found by fuzzing: np.dot reads True as a bool array, which gives way to the other
+    # operand's dtype (float32 stays float32); Raptors read it as int64 (float64 results).
+    a = np.arange(1, 7, dtype=dtype).reshape(2, 3)
+    assert_like_numpy("dot", *((True, a) if bool_first else (a, True)))
+    assert_like_numpy("dot", *((False, 3) if bool_first else (2.5, True)))

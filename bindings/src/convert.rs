@@ -17,7 +17,7 @@ use numpy::{PyArrayDescr, PyUntypedArray};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
-use pyo3::types::{PyBool, PyFloat, PyInt, PyTuple};
+use pyo3::types::{PyBool, PyFloat, PyInt, PyList, PyTuple};
 use raptors_kernels::{ArrayView, Buffer, DType, KernelError, Operand, Scalar, Value, MAX_NDIM};
 
 use crate::array::Array;
@@ -84,6 +84,18 @@ impl HeldOperand {
         }
     }
 
+    /// The dtype NumPy gives this operand read with `asarray`: an array's,
+    /// int64 or float64 for a Python int or float; `None` for a bool or an
+    /// int beyond int64 (bool and object arrays, which Raptors has not).
+    pub fn strong_dtype(&self) -> Option<DType> {
+        match self {
+            HeldOperand::Array(a) => Some(a.dtype),
+            HeldOperand::Int(_) => Some(DType::Int64),
+            HeldOperand::Float(_) => Some(DType::Float64),
+            HeldOperand::Bool(_) | HeldOperand::BigInt(_) => None,
+        }
+    }
+
     pub fn elements(&self) -> usize {
         match self {
             HeldOperand::Array(a) => a.shape[..a.ndim].iter().product(),
@@ -111,6 +123,7 @@ impl HeldOperand {
 
 struct NumpyApi {
     asarray: PyObject,
+    masked_array: PyObject,
 }
 
 static NUMPY: GILOnceCell<NumpyApi> = GILOnceCell::new();
@@ -119,6 +132,7 @@ fn numpy_api(py: Python<'_>) -> PyResult<&NumpyApi> {
     NUMPY.get_or_try_init(py, || {
         Ok(NumpyApi {
             asarray: py.import("numpy")?.getattr("asarray")?.unbind(),
+            masked_array: py.import("numpy.ma")?.getattr("MaskedArray")?.unbind(),
         })
     })
 }
@@ -188,6 +202,16 @@ pub fn hold(
     wants_rp_array: &mut bool,
 ) -> PyResult<HeldOperand> {
     if let Ok(array) = obj.downcast::<PyUntypedArray>() {
+        // A masked array's memory holds the masked-out values too: reading it
+        // would ignore the mask where NumPy honours it.
+        if !obj.get_type().is(py.get_type::<PyUntypedArray>())
+            && obj.is_instance(numpy_api(py)?.masked_array.bind(py))?
+        {
+            return Err(PyTypeError::new_err(
+                "masked arrays are not supported: Raptors kernels would ignore the mask; \
+                 pass a.filled(fill_value) or a.compressed()",
+            ));
+        }
         return Ok(HeldOperand::Array(hold_ndarray(py, array)?));
     }
     if let Ok(array) = obj.downcast::<Array>() {
@@ -217,6 +241,49 @@ pub fn hold(
         };
     }
     let converted = numpy_api(py)?.asarray.bind(py).call1((obj,))?;
+    let array = converted
+        .downcast::<PyUntypedArray>()
+        .map_err(|_| PyTypeError::new_err("numpy.asarray did not return an ndarray"))?;
+    Ok(HeldOperand::Array(hold_ndarray(py, array)?))
+}
+
+/// Converts an argument NumPy reads with `asarray` even when it is a Python
+/// scalar (`np.clip`'s `a`): a Python int or float there is a strong int64 or
+/// float64 (an int beyond int64 an object array), not a weak scalar. Bools
+/// stay weak ints: a bool array promotes like one.
+pub fn hold_strong(
+    py: Python<'_>,
+    obj: &Bound<'_, PyAny>,
+    wants_rp_array: &mut bool,
+) -> PyResult<HeldOperand> {
+    if obj.is_exact_instance_of::<PyInt>() || obj.is_exact_instance_of::<PyFloat>() {
+        let converted = numpy_api(py)?.asarray.bind(py).call1((obj,))?;
+        return hold(py, &converted, wants_rp_array);
+    }
+    hold(py, obj, wants_rp_array)
+}
+
+/// Whether `obj` is a list or tuple holding no numbers at all (`[]`,
+/// `[[], []]`): NumPy gives it no dtype of its own.
+pub fn is_empty_sequence(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+    if !(obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>()) {
+        return Ok(false);
+    }
+    let Ok(converted) = numpy_api(py)?.asarray.bind(py).call1((obj,)) else {
+        return Ok(false);
+    };
+    let array = converted.downcast::<PyUntypedArray>()?;
+    Ok(array.len() == 0 || array.shape().iter().product::<usize>() == 0)
+}
+
+/// `numpy.asarray(obj, dtype)`, held.
+pub fn hold_as(py: Python<'_>, obj: &Bound<'_, PyAny>, dtype: DType) -> PyResult<HeldOperand> {
+    let kwargs = pyo3::types::PyDict::new(py);
+    kwargs.set_item("dtype", numpy_dtype(py, dtype))?;
+    let converted = numpy_api(py)?
+        .asarray
+        .bind(py)
+        .call((obj,), Some(&kwargs))?;
     let array = converted
         .downcast::<PyUntypedArray>()
         .map_err(|_| PyTypeError::new_err("numpy.asarray did not return an ndarray"))?;

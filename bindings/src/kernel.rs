@@ -127,7 +127,7 @@ impl Kernel {
             kwargs,
         )?;
         let mut as_rp_array = false;
-        let mut operands = Vec::with_capacity(sig.operands.len());
+        let mut operands: Vec<HeldOperand> = Vec::with_capacity(sig.operands.len());
         // np.clip takes None for a missing bound: no limit on that side. The
         // stand-in is chosen once every given operand is known, because it
         // depends on the result dtype (a float bound on an int array).
@@ -139,9 +139,31 @@ impl Kernel {
                     missing_bounds.push(position);
                     HeldOperand::Int(0)
                 }
+                (Op::Clip, 0) => convert::hold_strong(py, value, &mut as_rp_array)?,
+                // np.dot finds the operands' dtype in order: an empty list or
+                // tuple after the first operand has none of its own and takes
+                // the first's (`np.dot(int32_array, [])` is int32).
+                (Op::Dot, 1) if convert::is_empty_sequence(py, value)? => {
+                    match operands[0].strong_dtype() {
+                        Some(dtype) => convert::hold_as(py, value, dtype)?,
+                        None => convert::hold(py, value, &mut as_rp_array)?,
+                    }
+                }
                 _ => convert::hold(py, value, &mut as_rp_array)?,
             };
             operands.push(held);
+        }
+        // np.dot reads a Python bool as a bool array, whose dtype gives way to
+        // the other operand's (np.dot(float32_array, True) is float32).
+        if op == Op::Dot {
+            for (position, other) in [(0, 1), (1, 0)] {
+                if let (HeldOperand::Bool(_), Some(dtype)) =
+                    (&operands[position], operands[other].strong_dtype())
+                {
+                    let value = bound[position].as_ref().expect("dot operands are bound");
+                    operands[position] = convert::hold_as(py, value, dtype)?;
+                }
+            }
         }
         if !missing_bounds.is_empty() {
             let given = || {
@@ -177,10 +199,13 @@ impl Kernel {
                 params.axis = Some(integer(axis, "axis")?);
             }
         }
+        // A missing clip bound (None) is no operand: np.clip(False, False, None) is a bool.
         if op.bool_operands_give_bool()
             && operands
                 .iter()
-                .all(|held| matches!(held, HeldOperand::Bool(_)))
+                .enumerate()
+                .filter(|(position, _)| !missing_bounds.contains(position))
+                .all(|(_, held)| matches!(held, HeldOperand::Bool(_)))
         {
             return Err(PyTypeError::new_err(format!(
                 "{}() of Python bools: NumPy's result is bool, an unsupported dtype \

@@ -21,7 +21,10 @@ pub fn promote_types(a: DType, b: DType) -> DType {
 pub(crate) enum WeakIntPolicy {
     /// Raise `OverflowError` like NumPy's ufuncs.
     Raise,
-    /// Accept: `np.clip` saturates such bounds instead.
+    /// `clip(a, lo, hi)` bounds, as `np.clip` takes them: a bound beyond the
+    /// range of `a`'s integer dtype on the side where it never clips (`lo`
+    /// at or below its minimum, `hi` at or above its maximum) is no bound and
+    /// saturates; any other bound the result dtype cannot hold raises.
     Saturate,
 }
 
@@ -72,16 +75,20 @@ fn promoted(operands: &[Operand<'_>]) -> DType {
 }
 
 /// NumPy's `OverflowError` for a Python int the integer loop dtype `dt`
-/// cannot hold; under `Saturate` (`clip` bounds) such ints are clamped later.
+/// cannot hold; under `Saturate` (`clip` bounds) the ints that are no bound
+/// are skipped here and clamped later.
 fn check_weak_ints(
     operands: &[Operand<'_>],
     dt: DType,
     policy: WeakIntPolicy,
 ) -> Result<(), KernelError> {
-    if dt.is_float() || policy == WeakIntPolicy::Saturate {
+    if dt.is_float() {
         return Ok(());
     }
-    for op in operands {
+    for (position, op) in operands.iter().enumerate() {
+        if policy == WeakIntPolicy::Saturate && clip_bound_is_unbounded(operands, position) {
+            continue;
+        }
         op.out_of_int64()?;
         if let (Operand::Int(v), DType::Int32) = (op, dt) {
             if i32::try_from(*v).is_err() {
@@ -93,6 +100,30 @@ fn check_weak_ints(
         }
     }
     Ok(())
+}
+
+/// `np.clip`'s `_clip`: for an integer `a`, a Python int lower bound at or
+/// below the minimum of `a`'s dtype (an upper bound at or above its maximum)
+/// never clips and is dropped before NumPy's ufunc sees it.
+fn clip_bound_is_unbounded(operands: &[Operand<'_>], position: usize) -> bool {
+    if position == 0 {
+        return false;
+    }
+    let (min, max): (i128, i128) = match operands.first() {
+        Some(Operand::Array(a)) if a.dtype() == DType::Int32 => (i32::MIN.into(), i32::MAX.into()),
+        Some(Operand::Array(a)) if a.dtype() == DType::Int64 => (i64::MIN.into(), i64::MAX.into()),
+        Some(Operand::Int(_)) => (i64::MIN.into(), i64::MAX.into()),
+        _ => return false,
+    };
+    let lower = position == 1;
+    match &operands[position] {
+        Operand::Int(v) if lower => i128::from(*v) <= min,
+        Operand::Int(v) => i128::from(*v) >= max,
+        // Beyond int64, so beyond either integer dtype's range.
+        Operand::BigInt(v) if lower => *v < 0.0,
+        Operand::BigInt(v) => *v > 0.0,
+        _ => false,
+    }
 }
 
 /// The dtype a strong (non-NEP 50) use of an operand has: arrays keep

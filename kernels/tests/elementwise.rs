@@ -403,6 +403,19 @@ fn clip_matches_numpy_rules() {
         .unwrap(),
     );
     assert_eq!((d, v), (DType::Int32, vec![0.0, 1.0, 2.0]));
+    // A bound beyond the range on the side where it would clip is NumPy's OverflowError.
+    for (lo, hi) in [(1 << 40, 1 << 41), (0, -(1 << 40))] {
+        let err = run(
+            Op::Clip,
+            &[i.op(), Operand::Int(lo), Operand::Int(hi)],
+            &Params::default(),
+            &Serial,
+        );
+        assert!(
+            matches!(err, Err(KernelError::Overflow(_))),
+            "clip({lo}, {hi})"
+        );
+    }
     let (d, _, v) = flat(
         &run(
             Op::Clip,

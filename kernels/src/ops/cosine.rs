@@ -101,13 +101,27 @@ fn needs_exact<T: Float>(sumsq: T) -> bool {
 
 /// The cosine of `row` and `q` computed in f64 on both vectors scaled by
 /// their largest magnitude, so it neither underflows nor overflows (cosine
-/// is scale-free); 0 when either is all zeros. The slow path of the rare
-/// rows [`needs_exact`] picks.
+/// is scale-free); 0 when either is all zeros, NaN when either holds an
+/// infinity or a NaN (NumPy's `dot / (norm * norm)` is NaN then). The slow
+/// path of the rare rows [`needs_exact`] picks.
 fn exact_score<T: Float>(row: &[T], q: &[T]) -> T {
-    let largest = |v: &[T]| v.iter().fold(0.0f64, |m, x| m.max(x.to_f64().abs()));
+    // The largest magnitude, NaN if any element is NaN (`f64::max` skips NaN).
+    let largest = |v: &[T]| {
+        v.iter().fold(0.0f64, |m, x| {
+            let a = x.to_f64().abs();
+            if a.is_nan() || m.is_nan() {
+                f64::NAN
+            } else {
+                m.max(a)
+            }
+        })
+    };
     let (rmax, qmax) = (largest(row), largest(q));
-    if rmax == 0.0 || qmax == 0.0 || !rmax.is_finite() || !qmax.is_finite() {
+    if rmax == 0.0 || qmax == 0.0 {
         return T::ZERO;
+    }
+    if !rmax.is_finite() || !qmax.is_finite() {
+        return T::from_f64(f64::NAN);
     }
     let (mut dot, mut rr, mut qq) = (0.0f64, 0.0f64, 0.0f64);
     for (&a, &b) in row.iter().zip(q) {
