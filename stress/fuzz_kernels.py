@@ -1,6 +1,7 @@
 """Long fuzzing run of every kernel, constructor and rp.Array method against NumPy.
 
     python stress/fuzz_kernels.py --examples 100000 [--seed N] [--max-minutes M] [--chunk C]
+        [--failures FILE]
 
 Same strategies and property as tests/test_fuzz_kernels.py (tests/fuzz_cases.py): typed errors
 only, NumPy's answer wherever Raptors answers, inputs unchanged. Examples run in chunks, each a
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import sys
 import time
 import traceback
@@ -33,6 +35,7 @@ def main() -> int:
     parser.add_argument("--max-minutes", type=float, default=60.0)
     parser.add_argument("--chunk", type=int, default=2000, help="examples per hypothesis run")
     parser.add_argument("--show", type=int, default=20, help="failures printed in full")
+    parser.add_argument("--failures", type=Path, help="write every failure here (JSON lines)")
     args = parser.parse_args()
 
     start = time.monotonic()
@@ -102,6 +105,10 @@ def main() -> int:
     ok = errors.pop("ok", 0)
     by_type = ", ".join(f"{name} {count}" for name, count in sorted(errors.items())) or "none"
     mix = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
+    if args.failures is not None:
+        with args.failures.open("w") as out:
+            for chunk_seed, case, message in failures:
+                out.write(json.dumps({"seed": chunk_seed, "case": case, "failure": message}) + "\n")
     if failures:
         groups = collections.Counter(msg.split(":")[0][:60] for _, _, msg in failures)
         print("failures by first words:")

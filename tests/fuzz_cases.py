@@ -1122,7 +1122,14 @@ def _eq(a: np.ndarray, b: np.ndarray) -> bool:
 
 def documented_error(case: Case, error: BaseException) -> bool:
     """An error docs/kernels.md promises whatever else is wrong with the call: "`matmul`
-    refuses 0-d operands with NumPy's message" (checked before NEP 50's OverflowError)."""
+    refuses 0-d operands with NumPy's message" (checked before NEP 50's OverflowError); a
+    keyword the kernel does not take is a TypeError naming it (arguments are bound first);
+    all-bool operands are refused before `axis` is checked."""
+    if isinstance(error, TypeError):
+        message = str(error)
+        if "got an unexpected keyword argument" in message:
+            return True
+        return "of Python bools" in message and all(isinstance(a, bool) for a in case.args)
     if case.name not in ("matmul", "m.matmul", "m.rmatmul") or not isinstance(error, ValueError):
         return False
     return any(np.ndim(to_numpy(a)) == 0 for a in case.args if not isinstance(a, list))
