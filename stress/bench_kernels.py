@@ -1,4 +1,5 @@
-"""Raptors kernels side by side with NumPy, in one run, as ratios of medians.
+"""Raptors kernels side by side with NumPy, in one run, as ratios of medians, with the
+machine's physical limits (memory bandwidth by a copy, GEMM peak) measured in the same run.
 
     python stress/bench_kernels.py [--quick]
 
@@ -189,6 +190,39 @@ def same_answer(got, want) -> bool:
         )
 
 
+# Physical limits: every throughput row is also shown as a fraction of these.
+
+
+def memory_bandwidth(timer: Timer, quick: bool) -> float:
+    """GB/s of `np.copyto` between two float64 arrays far past the L3 (bytes read +
+    written): what a streaming kernel can move at most, on one thread."""
+    n = 8_000_000 if quick else 32_000_000
+    src = data("float64", (n,), 13)
+    dst = np.empty_like(src)
+    dst[:] = 0  # touched: the copy measures bandwidth, not page faults
+    t, _ = timer.pair(lambda: np.copyto(dst, src), lambda: None)
+    return 16 * n / t / 1e9
+
+
+def gemm_peaks(gemm_rows: list[dict]) -> dict[str, float]:
+    """Per dtype, the best one-thread GFLOP/s the GEMM section measured (either library):
+    the machine's practical multiply-add peak for one core."""
+    peaks: dict[str, float] = {}
+    for r in gemm_rows:
+        dtype = r["case"].split()[1]
+        one = [r["raptors_gflops"]] if r["raptors_pool_threads"] == 1 else []
+        if r["numpy_blas_threads"] == 1:
+            one.append(r["numpy_gflops"])
+        peaks[dtype] = max([peaks.get(dtype, 0.0), *one])
+    return peaks
+
+
+# Inputs this large stream from memory on any machine here (L3 caches are at most 32 MB
+# per socket): only their GB/s is compared with the memory bandwidth. Smaller inputs are
+# served from the caches, which no single figure bounds.
+PAST_CACHES = 64_000_000
+
+
 # Headline figures.
 
 
@@ -209,6 +243,7 @@ def headline(timer: Timer, quick: bool) -> list[dict]:
         rows.append(
             {
                 "case": label,
+                "bytes": work or 0,
                 "numpy_blas_threads": blas or "default",
                 "unit": unit,
                 "numpy": v_np,
@@ -415,23 +450,38 @@ def print_report(meta, head, gemm_rows, table):
         f"Ratio = NumPy time / Raptors time (> 1: Raptors faster); medians of "
         f"{meta['repeats']} repeats.\n"
     )
-    print("| case | NumPy BLAS threads | unit | NumPy | Raptors | ratio | same answer |")
-    print("|---|---|---|---:|---:|---:|---|")
+    limits = meta["limits"]
+    peaks = ", ".join(f"{d} {v:.1f}" for d, v in limits["gemm_gflops_one_thread"].items())
+    print(
+        f"Physical limits, measured in this run: memory bandwidth {limits['copy_gbs']:.1f} GB/s "
+        f"(np.copyto far past the L3, bytes read + written, one thread); GEMM peak on one "
+        f"thread {peaks} GFLOP/s (the best of either library in the matmul section). "
+        f"'of limit' is Raptors' figure as a fraction of the one that bounds it: GB/s of inputs "
+        f"past the caches (>= 64 MB) against the bandwidth, matmul GFLOP/s against n x the "
+        f"one-thread peak for n threads (a kernel that only reads can pass 100 %: the copy also "
+        f"pays for the writes); in-cache sizes have no single bound ('-').\n"
+    )
+    print(
+        "| case | NumPy BLAS threads | unit | NumPy | Raptors | ratio | Raptors of limit "
+        "| same answer |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---|")
     for r in head:
+        of = f"{r['raptors_of_limit']:.0%}" if "raptors_of_limit" in r else "-"
         print(
             f"| {r['case']} | {r['numpy_blas_threads']} | {r['unit']} | {fmt(r['numpy'])} | "
-            f"{fmt(r['raptors'])} | {fmt(r['ratio'])} | {r['same_answer']} |"
+            f"{fmt(r['raptors'])} | {fmt(r['ratio'])} | {of} | {r['same_answer']} |"
         )
     print(
         "\n| matmul (GFLOP/s) | NumPy BLAS threads | NumPy | Raptors pool threads | Raptors "
-        "| ratio | same answer |"
+        "| ratio | Raptors of limit | same answer |"
     )
-    print("|---|---|---:|---|---:|---:|---|")
+    print("|---|---|---:|---|---:|---:|---:|---|")
     for r in gemm_rows:
         print(
             f"| {r['case']} | {r['numpy_blas_threads']} | {fmt(r['numpy_gflops'], 1)} | "
             f"{r['raptors_pool_threads']} | {fmt(r['raptors_gflops'], 1)} | "
-            f"{fmt(r['ratio'])} | {r['same_answer']} |"
+            f"{fmt(r['ratio'])} | {r['raptors_of_limit']:.0%} | {r['same_answer']} |"
         )
     print(
         f"\nEvery kernel, direct call (ratio; NumPy µs in brackets). matmul here is "
@@ -479,6 +529,15 @@ def main():
     head = headline(timer, args.quick)
     gemm_rows = gemm(timer, args.quick)
     table = kernel_table(timer)
+    bandwidth = memory_bandwidth(timer, args.quick)
+    peaks = gemm_peaks(gemm_rows)
+    meta["limits"] = {"copy_gbs": bandwidth, "gemm_gflops_one_thread": peaks}
+    for r in head:
+        if r["unit"] == "GB/s" and r.get("bytes", 0) >= PAST_CACHES:
+            r["raptors_of_limit"] = r["raptors"] / bandwidth
+    for r in gemm_rows:
+        peak = peaks[r["case"].split()[1]] * r["raptors_pool_threads"]
+        r["raptors_of_limit"] = r["raptors_gflops"] / peak
     print_report(meta, head, gemm_rows, table)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(
