@@ -30,7 +30,7 @@ def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("cmd", [[], ["serve"], ["bench"], ["demo"]])
+@pytest.mark.parametrize("cmd", [[], ["serve"], ["bench"], ["demo"], ["capacity"]])
 def test_help(cmd):
     r = run(*cmd, "--help")
     assert r.returncode == 0, r.stderr
@@ -93,6 +93,14 @@ def test_serve_answers_and_stops_cleanly():
         conn.request("GET", "/stats")
         stats = json.loads(conn.getresponse().read())
         assert stats["pools"]["tenant-cli"]["completed"] == 1
+        # The capacity planner reads the same /stats.
+        report = run("capacity", f"http://127.0.0.1:{port}", "--target-wait-p99", "0.05")
+        assert report.returncode == 0, report.stderr
+        assert "pool 'tenant-cli'" in report.stdout and "threads needed 1" in report.stdout
+        as_json = run("capacity", f"http://127.0.0.1:{port}/stats", "--json")
+        assert as_json.returncode == 0, as_json.stderr
+        (entry,) = [r for r in json.loads(as_json.stdout) if r["pool"] == "tenant-cli"]
+        assert entry["threads_needed"] == 1 and entry["target_wait_p99"] == 0.05
     finally:
         proc.send_signal(signal.SIGINT)
         out = proc.communicate(timeout=20)[0].decode()

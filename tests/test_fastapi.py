@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import math
 import os
 import threading
 import time
@@ -137,6 +138,36 @@ def test_queue_full_is_503_with_retry_after_from_stats():
         for f in fillers:
             f.result(timeout=5)
         assert pool.stats().rejected == 1
+
+
+def test_would_miss_deadline_is_503_with_retry_after_from_the_prediction():
+    name = uniq("predict")
+    rx = Raptors(pools=[PoolConfig(name, threads=1, queue=64, admission="predictive")])
+    with TestClient(make_app(rx, name)) as client:
+        pool = rp.get_pool(name)
+        assert pool.admission == "predictive"
+        for _ in range(3):
+            pool.submit(time.sleep, 0.5).result(timeout=HANG)  # run_mean ~0.5 s
+        gate, _ = block(pool)
+        fillers = [pool.submit(time.sleep, 0) for _ in range(4)]
+        r = client.post("/work", params={"timeout": "0.1"})
+        gate.set()
+        assert r.status_code == 503, r.text
+        doc = r.json()
+        # About 4.5 runs of 0.5 s ahead, against a 0.1 s budget.
+        assert doc["predicted_wait"] > 2.0 and doc["timeout"] == pytest.approx(0.1, abs=0.01)
+        assert int(r.headers["Retry-After"]) == doc["retry_after"]
+        assert doc["retry_after"] == math.ceil(doc["predicted_wait"] - doc["timeout"])
+        for f in fillers:
+            f.result(timeout=HANG)
+        assert pool.stats().rejected == 1
+
+
+def test_admission_is_validated_in_configs():
+    with pytest.raises(ValueError, match="admission"):
+        TenantTemplate(admission="eager")
+    with pytest.raises(ValueError, match="admission"):
+        Raptors(pools=[{"name": uniq("bad"), "admission": "eager"}]).open()
 
 
 def test_retry_after_estimate():

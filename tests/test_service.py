@@ -181,7 +181,8 @@ def test_integers_are_accepted(client):
 @pytest.mark.parametrize(
     "headers,params",
     [({"X-Priority": "high"}, {}), ({}, {"priority": "1.5"}), ({"X-Timeout": "-1"}, {}),
-     ({}, {"timeout": "soon"}), ({"X-Tenant": "bad tenant"}, {})],
+     ({}, {"timeout": "soon"}), ({"X-Tenant": "bad tenant"}, {}), ({"X-Timeout-Ms": "0"}, {}),
+     ({"X-Timeout-Ms": "nan"}, {}), ({"X-Timeout-Ms": "fast"}, {})],
 )  # fmt: skip
 def test_bad_headers_are_400(client, queries, headers, params):
     r = client.post("/score", json=body(queries[0]), headers=headers, params=params)
@@ -307,6 +308,49 @@ def test_tenant_budget_false_gives_each_tenant_threads_of_its_own():
         assert c.post("/score", json=body(SMALL[1]), headers={"X-Tenant": "a"}).is_success
         pool = app.state.raptors.tenants.get("a")
         assert pool.budget is None and pool.threads == 1
+
+
+def test_timeout_headers_and_query_param():
+    class R:
+        def __init__(self, headers, params):
+            self.headers, self.query_params = headers, params
+
+    assert service.parse_timeout(R({}, {}), None) is None
+    assert service.parse_timeout(R({}, {}), 2.0) == 2.0
+    assert service.parse_timeout(R({"x-timeout": "0.5"}, {}), None) == 0.5
+    assert service.parse_timeout(R({}, {"timeout": "3"}), None) == 3.0
+    # Milliseconds win over seconds.
+    assert service.parse_timeout(R({"x-timeout-ms": "50", "x-timeout": "9"}, {}), None) == 0.05
+    with pytest.raises(service.BadRequest, match="milliseconds"):
+        service.parse_timeout(R({"x-timeout-ms": "-5"}, {}), None)
+
+
+def test_a_budget_the_pool_predicts_it_would_miss_is_503_at_once(client, queries):
+    assert client.app.state.raptors.tenants.template.admission == "predictive"
+    r = client.post("/score", json=body(queries[0]), headers={"X-Tenant": "busy"})
+    assert r.status_code == 200
+    pool = client.app.state.raptors.tenants.get("busy")
+    for _ in range(20):  # recent run times of ~2 ms
+        pool.submit(time.sleep, 0.002).result(timeout=10)
+    gate = threading.Event()
+    holders = [pool.submit(gate.wait, 10.0) for _ in range(pool.threads)]
+    while pool.stats().running < pool.threads:
+        time.sleep(0.002)
+    # One queue slot left: a refusal is the prediction's, not the bound's.
+    fillers = [pool.submit(time.sleep, 0.002) for _ in range(pool.queue_capacity - 1)]
+    try:
+        r = client.post(
+            "/score", json=body(queries[0]), headers={"X-Tenant": "busy", "X-Timeout-Ms": "1"}
+        )
+    finally:
+        gate.set()
+    assert r.status_code == 503, r.text
+    doc = r.json()
+    assert doc["predicted_wait"] > doc["timeout"] == pytest.approx(0.001, abs=5e-4)
+    assert r.headers["Retry-After"] == str(doc["retry_after"]) == "1"
+    for job in [*holders, *fillers]:
+        job.result(timeout=10)
+    assert pool.stats().rejected == 1
 
 
 def test_expired_deadline_is_504(client, queries):

@@ -4,6 +4,7 @@
 //! ```text
 //! RaptorsError(Exception)
 //! ├── QueueFull            .pool, .capacity
+//! │   └── WouldMissDeadline .predicted_wait, .timeout (seconds)
 //! ├── PoolClosed           .pool
 //! └── DeadlineExceeded     also a TimeoutError
 //! JobCancelled(concurrent.futures.CancelledError, asyncio.CancelledError)
@@ -26,6 +27,7 @@ use raptors_runtime::SubmitError;
 struct Hierarchy {
     raptors_error: Py<PyType>,
     queue_full: Py<PyType>,
+    would_miss_deadline: Py<PyType>,
     pool_closed: Py<PyType>,
     deadline_exceeded: Py<PyType>,
     job_cancelled: Py<PyType>,
@@ -71,6 +73,15 @@ fn hierarchy(py: Python<'_>) -> &Hierarchy {
                 "Every worker is busy and the pool's queue is at capacity: the job was not accepted.\n\n\
                  Attributes: ``pool`` (the pool's name) and ``capacity`` (its queue bound).",
             )?;
+            let would_miss_deadline = new_class(
+                py,
+                "WouldMissDeadline",
+                &[queue_full.bind(py).as_any()],
+                "Predictive admission: the job's predicted wait before it could start exceeds \
+                 its timeout, so it was not accepted (a QueueFull: a 503 handler sheds it).\n\n\
+                 Attributes: ``pool``, ``capacity``, ``predicted_wait`` and ``timeout`` \
+                 (seconds).",
+            )?;
             let pool_closed = new_class(
                 py,
                 "PoolClosed",
@@ -108,6 +119,7 @@ fn hierarchy(py: Python<'_>) -> &Hierarchy {
                 oversubscription,
                 raptors_error,
                 queue_full,
+                would_miss_deadline,
                 pool_closed,
                 deadline_exceeded,
                 job_cancelled,
@@ -122,6 +134,7 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     let h = hierarchy(py);
     module.add("RaptorsError", h.raptors_error.bind(py))?;
     module.add("QueueFull", h.queue_full.bind(py))?;
+    module.add("WouldMissDeadline", h.would_miss_deadline.bind(py))?;
     module.add("PoolClosed", h.pool_closed.bind(py))?;
     module.add("DeadlineExceeded", h.deadline_exceeded.bind(py))?;
     module.add("JobCancelled", h.job_cancelled.bind(py))?;
@@ -156,8 +169,9 @@ pub fn deadline_exceeded(py: Python<'_>, message: String) -> PyErr {
     PyErr::from_value(instantiate(py, &hierarchy(py).deadline_exceeded, message))
 }
 
-/// Converts a refused submission into `QueueFull` or `PoolClosed`, with the
-/// pool's name (and capacity) as attributes.
+/// Converts a refused submission into `QueueFull`, `WouldMissDeadline` or
+/// `PoolClosed`, with the pool's name (and capacity, prediction) as
+/// attributes.
 pub fn submit_error(py: Python<'_>, error: &SubmitError) -> PyErr {
     let h = hierarchy(py);
     let build = || -> PyResult<PyErr> {
@@ -166,6 +180,19 @@ pub fn submit_error(py: Python<'_>, error: &SubmitError) -> PyErr {
                 let exc = instantiate(py, &h.queue_full, error.to_string());
                 exc.setattr("pool", pool)?;
                 exc.setattr("capacity", *capacity)?;
+                PyErr::from_value(exc)
+            }
+            SubmitError::WouldMissDeadline {
+                pool,
+                capacity,
+                predicted_wait,
+                timeout,
+            } => {
+                let exc = instantiate(py, &h.would_miss_deadline, error.to_string());
+                exc.setattr("pool", pool)?;
+                exc.setattr("capacity", *capacity)?;
+                exc.setattr("predicted_wait", predicted_wait.as_secs_f64())?;
+                exc.setattr("timeout", timeout.as_secs_f64())?;
                 PyErr::from_value(exc)
             }
             SubmitError::Closed { pool } => {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyTuple};
-use raptors_runtime::{Pool, PoolConfig, SubmitOptions};
+use raptors_runtime::{Admission, Pool, PoolConfig, SubmitOptions};
 
 use crate::budget::{self, BudgetCore, WorkerThreads};
 use crate::errors;
@@ -22,6 +22,7 @@ use crate::token::CancelToken;
 #[pyclass(subclass, frozen, module = "raptors._raptors")]
 pub struct PoolCore {
     pool: Pool,
+    admission: Admission,
     name: Arc<str>,
     /// Identifies the worker threads that run the pool's jobs (its budget's).
     threads_id: u64,
@@ -53,10 +54,30 @@ fn weight_argument(weight: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
     Ok(value)
 }
 
+/// `admission=`: `"bounded"` (the default) or `"predictive"`.
+fn admission_argument(admission: Option<&Bound<'_, PyAny>>) -> PyResult<Admission> {
+    let Some(admission) = admission.filter(|a| !a.is_none()) else {
+        return Ok(Admission::Bounded);
+    };
+    let Ok(text) = admission.extract::<&str>() else {
+        return Err(PyTypeError::new_err(format!(
+            "admission must be a str, not {}",
+            admission.get_type().name()?
+        )));
+    };
+    match text {
+        "bounded" => Ok(Admission::Bounded),
+        "predictive" => Ok(Admission::Predictive),
+        other => Err(PyValueError::new_err(format!(
+            "admission must be 'bounded' or 'predictive', got {other:?}"
+        ))),
+    }
+}
+
 #[pymethods]
 impl PoolCore {
     #[new]
-    #[pyo3(signature = (name, threads=None, queue=None, *, nice=None, budget=None, weight=None))]
+    #[pyo3(signature = (name, threads=None, queue=None, *, nice=None, budget=None, weight=None, admission=None))]
     fn new(
         name: &Bound<'_, PyAny>,
         threads: Option<&Bound<'_, PyAny>>,
@@ -64,6 +85,7 @@ impl PoolCore {
         nice: Option<&Bound<'_, PyAny>>,
         budget: Option<&Bound<'_, PyAny>>,
         weight: Option<&Bound<'_, PyAny>>,
+        admission: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let name = budget::name_argument(name)?;
         let threads = budget::threads_argument(threads)?;
@@ -72,6 +94,7 @@ impl PoolCore {
             None => 1024,
         };
         let weight = weight_argument(weight)?;
+        let admission = admission_argument(admission)?;
         let build_error = |err: raptors_runtime::BuildError| PyValueError::new_err(err.to_string());
         let (pool, threads_id, nice) = match budget.filter(|b| !b.is_none()) {
             Some(budget) => {
@@ -86,8 +109,9 @@ impl PoolCore {
                 }
                 let runtime_budget = budget.runtime_budget();
                 let cap = threads.unwrap_or(runtime_budget.threads());
-                let config =
+                let mut config =
                     PoolConfig::new(name.clone(), cap, queue).on_budget(runtime_budget, weight);
+                config.admission = admission;
                 let pool = Pool::new(config).map_err(build_error)?;
                 (pool, budget.threads_id(), budget.nice_steps())
             }
@@ -97,12 +121,14 @@ impl PoolCore {
                 let mut config = PoolConfig::new(name.clone(), workers.threads, queue);
                 config.on_thread_start = Some(start);
                 config.on_thread_stop = Some(stop);
+                config.admission = admission;
                 let pool = Pool::new(config).map_err(build_error)?;
                 (pool, workers.id, workers.nice)
             }
         };
         Ok(PoolCore {
             pool,
+            admission,
             name: name.into(),
             threads_id,
             nice,
@@ -117,6 +143,15 @@ impl PoolCore {
     #[getter]
     fn threads(&self) -> usize {
         self.pool.threads()
+    }
+
+    /// `"bounded"` or `"predictive"`.
+    #[getter]
+    fn admission(&self) -> &'static str {
+        match self.admission {
+            Admission::Bounded => "bounded",
+            Admission::Predictive => "predictive",
+        }
     }
 
     #[getter]

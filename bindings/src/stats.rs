@@ -10,9 +10,33 @@ macro_rules! stats_fields {
             name: String, threads: usize, queue_capacity: usize,
             queued: u64, running: u64, submitted: u64, completed: u64, failed: u64,
             cancelled: u64, expired: u64, rejected: u64, max_queued: u64,
-            wait_p50: f64, wait_p99: f64, run_p50: f64, run_p99: f64, utilization: f64
+            wait_p50: f64, wait_p99: f64, run_p50: f64, run_p99: f64, utilization: f64,
+            arrival_rate: f64, completion_rate: f64, run_mean: f64, run_quantiles: Vec<f64>
         }
     };
+}
+
+/// How a field shows in `repr()`: a distribution by its length only.
+trait ShortRepr {
+    fn short_repr(&self) -> String;
+}
+
+macro_rules! debug_repr {
+    ($($ty:ty),*) => {
+        $(impl ShortRepr for $ty {
+            fn short_repr(&self) -> String {
+                format!("{self:?}")
+            }
+        })*
+    };
+}
+
+debug_repr!(String, usize, u64, f64);
+
+impl ShortRepr for Vec<f64> {
+    fn short_repr(&self) -> String {
+        format!("[{} values]", self.len())
+    }
 }
 
 macro_rules! define_stats {
@@ -41,7 +65,7 @@ macro_rules! define_stats {
 
             fn __repr__(&self) -> String {
                 let mut fields = Vec::new();
-                $(fields.push(format!("{}={:?}", stringify!($field), self.$field));)*
+                $(fields.push(format!("{}={}", stringify!($field), self.$field.short_repr()));)*
                 format!("PoolStats({})", fields.join(", "))
             }
         }

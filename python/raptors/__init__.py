@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from ._array import arange, array, asarray, ones, zeros
 from ._budget import Budget, budgets, get_budget
+from ._capacity import CapacityReport, capacity
 from ._pool import Pool, default_pool, get_pool, pools, stats, submit
 from ._raptors import (
     Array,
@@ -27,6 +28,7 @@ from ._raptors import (
     PoolStats,
     QueueFull,
     RaptorsError,
+    WouldMissDeadline,
     __version__,
     add,
     argmax,
@@ -53,6 +55,7 @@ __all__ = [
     "Budget",
     "BudgetStats",
     "CancelToken",
+    "CapacityReport",
     "DeadlineExceeded",
     "Job",
     "JobCancelled",
@@ -63,6 +66,7 @@ __all__ = [
     "PoolStats",
     "QueueFull",
     "RaptorsError",
+    "WouldMissDeadline",
     "__version__",
     "add",
     "arange",
@@ -71,6 +75,7 @@ __all__ = [
     "array",
     "asarray",
     "budgets",
+    "capacity",
     "clip",
     "cosine_similarity",
     "cosine_topk",

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m raptors",
         description="Raptors: bounded, prioritised, observable native compute pools.",
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="{serve,bench,demo}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{serve,bench,demo,capacity}")
 
     s = sub.add_parser(
         "serve",
@@ -90,7 +90,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="a short tour: two pools, kernels and callables, priorities, a cancel, stats",
         description="A short offline tour of pools, priorities, cancellation and stats.",
     )
+    c = sub.add_parser(
+        "capacity",
+        help="threads each pool of a running service needs for a wait target",
+        description="Read a running service's /stats and print rp.capacity's report for "
+        "every pool (docs/capacity-planning.md).",
+    )
+    c.add_argument("url", help="the service, e.g. http://127.0.0.1:8000 (its /stats is read)")
+    c.add_argument("--target-wait-p99", type=float, default=0.05,
+                   help="wait p99 target, seconds (0.05)")  # fmt: skip
+    c.add_argument("--max-threads", type=int, default=64, help="most threads considered (64)")
+    c.add_argument("--json", action="store_true", help="print the reports as JSON")
     return p
+
+
+def _capacity(args: argparse.Namespace) -> int:
+    import json
+    import urllib.request
+
+    from raptors._capacity import capacity
+
+    url = args.url.rstrip("/")
+    if not url.endswith("/stats"):
+        url += "/stats"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        served = json.load(response)
+    pools = served.get("pools", served)
+    reports = [
+        capacity(stats, target_wait_p99=args.target_wait_p99, max_threads=args.max_threads)
+        for stats in pools.values()
+    ]
+    if args.json:
+        print(json.dumps([r.to_dict() for r in reports], indent=1))
+    else:
+        print("\n\n".join(str(r) for r in reports) or f"no pools at {url}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "bench":
         return _bench(args, argv[1:])
+    if args.command == "capacity":
+        return _capacity(args)
     return _demo(args)
 
 

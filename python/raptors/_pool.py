@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from . import _budget, _raptors
 from ._budget import Budget, Closing
@@ -39,7 +39,8 @@ _DEFAULT_NAME = "default"
 class Pool(Closing, PoolCore, concurrent.futures.ThreadPoolExecutor):  # type: ignore[misc]
     """A named pool with a bounded priority queue, run by native worker threads.
 
-    ``Pool(name, threads=None, queue=1024, *, budget=None, weight=1, nice=5)``:
+    ``Pool(name, threads=None, queue=1024, *, budget=None, weight=1, nice=5,
+    admission="bounded")``:
     without ``budget``, the pool owns ``threads`` workers (``None``:
     ``RAPTORS_THREADS`` or the usable cores) running ``nice`` steps below
     normal OS priority (Linux) so the event loop is scheduled first
@@ -47,7 +48,10 @@ class Pool(Closing, PoolCore, concurrent.futures.ThreadPoolExecutor):  # type: i
     budget's name) the pool owns no threads: its jobs run on the budget's,
     at most ``threads`` at once (``None``: all of them), sharing them with
     the other pools in proportion to ``weight``. At most ``queue`` jobs
-    wait; ``submit`` raises ``QueueFull`` at once beyond that.
+    wait; ``submit`` raises ``QueueFull`` at once beyond that. With
+    ``admission="predictive"``, ``submit(..., timeout=t)`` also raises
+    ``WouldMissDeadline`` (a ``QueueFull``) at once when the job's predicted
+    wait before it could start exceeds ``t`` (docs/guide.md, "Admission").
     """
 
     _budget: Budget | None = None
@@ -61,6 +65,7 @@ class Pool(Closing, PoolCore, concurrent.futures.ThreadPoolExecutor):  # type: i
         budget: Budget | str | None = None,
         weight: float = 1,
         nice: int | None = None,
+        admission: Literal["bounded", "predictive"] = "bounded",
     ) -> Self:
         if queue is None:
             # PoolCore reads None as "default"; the public API has no such value.
@@ -71,8 +76,17 @@ class Pool(Closing, PoolCore, concurrent.futures.ThreadPoolExecutor):  # type: i
         with _registry_lock:
             if isinstance(name, str) and name in _registry:
                 raise ValueError(f"a pool named {name!r} is already open")
+            if admission is None:
+                raise TypeError("admission must be a str, not NoneType")
             self = super().__new__(
-                cls, name, threads, queue, nice=nice, budget=on_budget, weight=weight
+                cls,
+                name,
+                threads,
+                queue,
+                nice=nice,
+                budget=on_budget,
+                weight=weight,
+                admission=admission,
             )
             _registry[name] = self
             if on_budget is not None:
@@ -90,6 +104,7 @@ class Pool(Closing, PoolCore, concurrent.futures.ThreadPoolExecutor):  # type: i
         budget: Budget | str | None = None,
         weight: float = 1,
         nice: int | None = None,
+        admission: Literal["bounded", "predictive"] = "bounded",
     ) -> None:
         # Everything happens in __new__, under the registry lock.
         pass

@@ -26,6 +26,7 @@ __all__ = [
     "PoolStats",
     "QueueFull",
     "RaptorsError",
+    "WouldMissDeadline",
     "_JobBase",
     "__version__",
     "_after_fork_in_child",
@@ -58,6 +59,10 @@ class RaptorsError(Exception): ...
 class QueueFull(RaptorsError):
     pool: str
     capacity: int
+
+class WouldMissDeadline(QueueFull):
+    predicted_wait: float
+    timeout: float
 
 class PoolClosed(RaptorsError, RuntimeError):
     pool: str
@@ -125,6 +130,10 @@ class PoolStats:
     run_p50: float
     run_p99: float
     utilization: float
+    arrival_rate: float
+    completion_rate: float
+    run_mean: float
+    run_quantiles: list[float]
     def to_dict(self) -> dict[str, Any]: ...
 
 @disjoint_base
@@ -138,9 +147,12 @@ class PoolCore:
         nice: int | None = None,
         budget: BudgetCore | None = None,
         weight: float | None = None,
+        admission: Literal["bounded", "predictive"] | None = None,
     ) -> Self: ...
     @property
     def nice(self) -> int: ...
+    @property
+    def admission(self) -> Literal["bounded", "predictive"]: ...
     @property
     def _has_own_threads(self) -> bool: ...
     @property

@@ -48,10 +48,12 @@ import threading
 import time
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import raptors as rp
 from raptors.batch import Batcher
+
+Admission = Literal["bounded", "predictive"]
 
 _EXTRA_HINT = 'raptors.fastapi needs FastAPI and prometheus_client: pip install "raptors[fastapi]"'
 
@@ -93,13 +95,14 @@ class PoolConfig:
     threads: int | None = None
     queue: int = 1024
     nice: int | None = None
+    admission: Admission = "bounded"
 
     @classmethod
     def coerce(cls, value: PoolConfig | Mapping[str, Any]) -> PoolConfig:
         if isinstance(value, cls):
             return value
         if isinstance(value, Mapping):
-            unknown = set(value) - {"name", "threads", "queue", "nice"}
+            unknown = set(value) - {"name", "threads", "queue", "nice", "admission"}
             if unknown:
                 raise ValueError(f"pool config: unknown keys {sorted(unknown)}")
             return cls(**value)
@@ -179,8 +182,11 @@ class TenantTemplate:
         default=None, hash=False
     )
     default_weight: float = 1.0
+    admission: Admission = "bounded"
 
     def __post_init__(self) -> None:
+        if self.admission not in ("bounded", "predictive"):
+            raise ValueError(f"admission must be 'bounded' or 'predictive', not {self.admission!r}")
         if self.overflow not in ("reject", "shared"):
             raise ValueError(f"overflow must be 'reject' or 'shared', not {self.overflow!r}")
         if self.max_tenants < 1:
@@ -357,9 +363,16 @@ class TenantPools:
         t = self.template
         self._open_locked()
         if self._budget is None or weight is None:
-            return rp.Pool(name, threads=t.pool_threads, queue=t.queue, nice=t.nice)
+            return rp.Pool(
+                name, threads=t.pool_threads, queue=t.queue, nice=t.nice, admission=t.admission
+            )
         return rp.Pool(
-            name, threads=t.pool_threads, queue=t.queue, budget=self._budget, weight=weight
+            name,
+            threads=t.pool_threads,
+            queue=t.queue,
+            budget=self._budget,
+            weight=weight,
+            admission=t.admission,
         )
 
     def tenant_of(self, request: Request) -> str:
@@ -541,6 +554,24 @@ def retry_after_seconds(stats: Any) -> int:
     return max(1, math.ceil(estimate))
 
 
+def would_miss_deadline_response(exc: rp.WouldMissDeadline) -> Response:
+    """503 for a job predictive admission refused, with ``Retry-After`` from
+    the same prediction: the time until the predicted wait fits the
+    request's budget (whole seconds, at least 1)."""
+    shortfall = exc.predicted_wait - exc.timeout
+    retry = max(1, math.ceil(shortfall)) if math.isfinite(shortfall) else 1
+    return JSONResponse(
+        {
+            "detail": f"pool {exc.pool!r} would start the job after its deadline, retry later",
+            "predicted_wait": exc.predicted_wait,
+            "timeout": exc.timeout,
+            "retry_after": retry,
+        },
+        status_code=503,
+        headers={"Retry-After": str(retry)},
+    )
+
+
 async def _wait_for_disconnect(receive: Callable[[], Any]) -> bool:
     """Returns True once the ASGI server reports ``http.disconnect``.
 
@@ -626,7 +657,11 @@ class Raptors:
                 self.tenants.open()
             for cfg in self.configs:
                 self._pools[cfg.name] = rp.Pool(
-                    cfg.name, threads=cfg.threads, queue=cfg.queue, nice=cfg.nice
+                    cfg.name,
+                    threads=cfg.threads,
+                    queue=cfg.queue,
+                    nice=cfg.nice,
+                    admission=cfg.admission,
                 )
         except BaseException:
             self.close(wait=False)
@@ -789,6 +824,8 @@ class Raptors:
             )
 
     async def _queue_full(self, request: Request, exc: Exception) -> Response:
+        if isinstance(exc, rp.WouldMissDeadline):
+            return would_miss_deadline_response(exc)
         name = getattr(exc, "pool", None)
         pool = self.find(name) if isinstance(name, str) else None
         retry = retry_after_seconds(pool.stats()) if pool is not None else 1
@@ -841,6 +878,9 @@ _GAUGES = (
     ("max_queued", "Highest queue depth seen."),
     ("threads", "Worker threads."),
     ("queue_capacity", "Queue bound (waiting jobs)."),
+    ("arrival_rate", "Submits per second, accepted or rejected, recent window."),
+    ("completion_rate", "Jobs ended per second, recent window."),
+    ("run_mean", "Mean seconds from start to end, recent jobs."),
 )
 _COUNTERS = (
     ("submitted", "Jobs accepted."),
@@ -848,7 +888,7 @@ _COUNTERS = (
     ("failed", "Jobs that raised."),
     ("cancelled", "Jobs cancelled."),
     ("expired", "Jobs whose start deadline passed."),
-    ("rejected", "Submits refused with QueueFull."),
+    ("rejected", "Submits refused with QueueFull (WouldMissDeadline included)."),
 )
 _QUANTILES = (("wait", "Seconds from submit to start"), ("run", "Seconds from start to end"))
 _BATCHER_GAUGES = (

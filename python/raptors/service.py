@@ -23,8 +23,11 @@ response encoding and the answers; only the scoring call differs:
 * ``noop``: parses the request and answers a fixed top-10 (the HTTP floor).
 
 Tenants (``X-Tenant``), priorities (``X-Priority`` or ``?priority=``) and
-start deadlines (``X-Timeout`` or ``?timeout=``, seconds) apply to the
-``raptors`` variants; the others ignore them. The tenant pools own no
+start deadlines (``X-Timeout-Ms``, milliseconds, or ``X-Timeout`` or
+``?timeout=``, seconds) apply to the ``raptors`` variants; the others ignore
+them. The tenant pools admit predictively (``RAPTORS_ADMISSION``): a request
+whose budget its pool predicts it would miss gets a 503 with
+``Retry-After`` at once. The tenant pools own no
 threads: they share one ``rp.Budget`` (``tenant-budget``) of
 ``RAPTORS_TENANT_THREADS`` threads (default: cores - 1), which divides its
 threads fairly between busy tenants (equal weights).
@@ -138,16 +141,20 @@ def parse_priority(request: Any) -> int:
 
 
 def parse_timeout(request: Any, default: float | None) -> float | None:
-    raw = _header_or_param(request, "x-timeout", "timeout")
+    """The request's start budget in seconds: ``X-Timeout-Ms`` (milliseconds),
+    else ``X-Timeout`` or ``?timeout=`` (seconds), else ``default``."""
+    millis = request.headers.get("x-timeout-ms")
+    raw = _header_or_param(request, "x-timeout", "timeout") if millis is None else millis
     if raw is None or raw == "":
         return default
+    unit = "seconds" if millis is None else "milliseconds"
     try:
         value = float(raw)
     except ValueError:
-        raise BadRequest("timeout must be a number of seconds", 400) from None
+        raise BadRequest(f"timeout must be a number of {unit}", 400) from None
     if not math.isfinite(value) or value <= 0:
-        raise BadRequest("timeout must be a positive number of seconds", 400)
-    return value
+        raise BadRequest(f"timeout must be a positive number of {unit}", 400)
+    return value if millis is None else value / 1e3
 
 
 def topk_numpy(matrix: np.ndarray, q: np.ndarray, k: int = K) -> tuple[np.ndarray, np.ndarray]:
@@ -211,6 +218,7 @@ def create_app(
     idle_timeout: float | None = None,
     default_timeout: float | None = None,
     tenant_budget: bool | None = None,
+    admission: str | None = None,
 ) -> Any:
     """Build the demo FastAPI app. Defaults come from ``RAPTORS_VARIANT``,
     ``RAPTORS_TENANT_THREADS`` (default: one less than the usable cores, at
@@ -219,7 +227,9 @@ def create_app(
     the pool default, 5), ``RAPTORS_TENANT_BUDGET`` (``0``: no shared
     budget; default: one), ``RAPTORS_MAX_TENANTS`` (default 32) and
     ``RAPTORS_TENANT_IDLE_TIMEOUT`` (seconds, default 300: how long an idle
-    tenant keeps its pool).
+    tenant keeps its pool) and ``RAPTORS_ADMISSION`` (default
+    ``predictive``: a request with a timeout that its tenant pool predicts
+    it would miss gets a 503 at once; ``bounded``: the queue bound alone).
 
     ``tenant_threads`` is the size of the budget every tenant pool shares
     (each tenant may use all of it; busy tenants share it equally). With
@@ -244,6 +254,10 @@ def create_app(
         max_tenants = int(os.environ.get("RAPTORS_MAX_TENANTS", "32"))
     if idle_timeout is None:
         idle_timeout = float(os.environ.get("RAPTORS_TENANT_IDLE_TIMEOUT", "300"))
+    if admission is None:
+        admission = os.environ.get("RAPTORS_ADMISSION", "predictive")
+    if admission not in ("bounded", "predictive"):
+        raise ValueError(f"admission must be 'bounded' or 'predictive', not {admission!r}")
     if tenant_nice is None and os.environ.get("RAPTORS_TENANT_NICE"):
         tenant_nice = int(os.environ["RAPTORS_TENANT_NICE"])
     m = make_matrix() if matrix is None else np.ascontiguousarray(matrix, dtype=np.float32)
@@ -259,6 +273,7 @@ def create_app(
             max_tenants=max_tenants,
             idle_timeout=idle_timeout,
             overflow="shared",
+            admission="bounded" if admission == "bounded" else "predictive",
         ),
         default_timeout=default_timeout,
     )

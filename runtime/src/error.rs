@@ -2,13 +2,23 @@
 
 use std::error::Error;
 use std::fmt;
+use std::time::Duration;
 
 /// Why [`Pool::submit`](crate::Pool::submit) refused a job. A refused job is
-/// not counted in `submitted`; a `QueueFull` refusal is counted in `rejected`.
+/// not counted in `submitted`; `QueueFull` and `WouldMissDeadline`
+/// refusals are counted in `rejected`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SubmitError {
     /// Every worker is busy and `capacity` jobs are already waiting.
     QueueFull { pool: String, capacity: usize },
+    /// Predictive admission: the job's predicted wait before it could start
+    /// exceeds the time left to its deadline (`timeout`, from the submit).
+    WouldMissDeadline {
+        pool: String,
+        capacity: usize,
+        predicted_wait: Duration,
+        timeout: Duration,
+    },
     /// The pool was closed and accepts no new work.
     Closed { pool: String },
 }
@@ -17,7 +27,9 @@ impl SubmitError {
     /// Name of the pool that refused the job.
     pub fn pool(&self) -> &str {
         match self {
-            SubmitError::QueueFull { pool, .. } | SubmitError::Closed { pool } => pool,
+            SubmitError::QueueFull { pool, .. }
+            | SubmitError::WouldMissDeadline { pool, .. }
+            | SubmitError::Closed { pool } => pool,
         }
     }
 }
@@ -28,6 +40,18 @@ impl fmt::Display for SubmitError {
             SubmitError::QueueFull { pool, capacity } => write!(
                 f,
                 "pool '{pool}' queue is full: all workers are busy and {capacity} jobs are already waiting"
+            ),
+            SubmitError::WouldMissDeadline {
+                pool,
+                predicted_wait,
+                timeout,
+                ..
+            } => write!(
+                f,
+                "pool '{pool}' would start the job in about {:.1} ms (predicted p99), after its \
+                 timeout of {:.1} ms: not admitted",
+                predicted_wait.as_secs_f64() * 1e3,
+                timeout.as_secs_f64() * 1e3
             ),
             SubmitError::Closed { pool } => write!(f, "pool '{pool}' is closed and accepts no new jobs"),
         }

@@ -57,6 +57,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod admission;
 mod budget;
 mod context;
 mod drain;
@@ -79,6 +80,7 @@ mod timer;
 mod token;
 mod worker;
 
+pub use admission::Admission;
 pub use budget::{Budget, BudgetConfig, BudgetStats, ThreadHook};
 pub use context::JobContext;
 pub use error::{BuildError, SubmitError};

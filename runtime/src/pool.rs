@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::admission::{self, Admission};
 use crate::budget::{Budget, BudgetConfig, ThreadHook, DEFAULT_SPIN};
 use crate::context::JobContext;
 use crate::drain::Drain;
@@ -48,6 +49,8 @@ pub struct PoolConfig {
     /// The pool's share of its budget relative to the other pools on it
     /// (finite, > 0). No effect on a private budget.
     pub weight: f64,
+    /// Whether a job with a deadline it would miss is refused at submit.
+    pub admission: Admission,
     /// Private budget only: how long an idle worker spins before parking.
     pub spin: Duration,
     /// Private budget only: worker stack size; `None` means 4 MiB.
@@ -67,6 +70,7 @@ impl PoolConfig {
             queue_capacity,
             budget: None,
             weight: 1.0,
+            admission: Admission::Bounded,
             spin: DEFAULT_SPIN,
             stack_size: None,
             on_thread_start: None,
@@ -124,6 +128,7 @@ impl fmt::Debug for PoolConfig {
             .field("queue_capacity", &self.queue_capacity)
             .field("budget", &self.budget.as_ref().map(Budget::name))
             .field("weight", &self.weight)
+            .field("admission", &self.admission)
             .field("spin", &self.spin)
             .field("stack_size", &self.stack_size)
             .field("on_thread_start", &self.on_thread_start.is_some())
@@ -205,6 +210,7 @@ impl Pool {
             name,
             cap: config.threads,
             capacity: config.queue_capacity,
+            admission: config.admission,
             budget,
             private,
             member,
@@ -311,7 +317,8 @@ impl Pool {
             debug_assert!(claimed, "a fresh job is queued");
             let stats = sched.stats_mut(member);
             stats.submitted += 1;
-            stats.count_end(status);
+            stats.count_arrival(now);
+            stats.count_end(status, now);
             shared.drain.accept();
             drop(sched);
             shared.finish_claimed(&task);
@@ -323,7 +330,9 @@ impl Pool {
             let started = task.try_start();
             debug_assert!(started, "a fresh job is queued");
             sched.begin_job(index, member, now, now);
-            sched.stats_mut(member).submitted += 1;
+            let stats = sched.stats_mut(member);
+            stats.submitted += 1;
+            stats.count_arrival(now);
             shared.drain.accept();
             let pool = sched.keep_alive(member);
             let woken = sched
@@ -335,14 +344,21 @@ impl Pool {
             }
             return Ok(JobHandle::new(cell));
         }
-        if !sched.pool(member).queue.has_room() {
-            sched.stats_mut(member).rejected += 1;
-            drop(sched);
-            shared.release_registrations(header);
-            return Err(SubmitError::QueueFull {
+        let refusal = if !sched.pool(member).queue.has_room() {
+            Some(SubmitError::QueueFull {
                 pool: shared.name.to_string(),
                 capacity: shared.capacity,
-            });
+            })
+        } else {
+            shared.would_miss(&sched, member, priority, deadline, now)
+        };
+        if let Some(refusal) = refusal {
+            let stats = sched.stats_mut(member);
+            stats.rejected += 1;
+            stats.count_arrival(now);
+            drop(sched);
+            shared.release_registrations(header);
+            return Err(refusal);
         }
         if let Some(deadline) = deadline {
             budget
@@ -350,7 +366,9 @@ impl Pool {
                 .schedule(deadline, header.key(), id, Arc::downgrade(shared));
         }
         sched.push(member, task, now);
-        sched.stats_mut(member).submitted += 1;
+        let stats = sched.stats_mut(member);
+        stats.submitted += 1;
+        stats.count_arrival(now);
         shared.drain.accept();
         Ok(JobHandle::new(cell))
     }
@@ -414,6 +432,7 @@ pub(crate) struct Shared {
     /// Most jobs running at once (the private budget's threads, or the cap).
     cap: usize,
     capacity: usize,
+    admission: Admission,
     budget: Budget,
     private: bool,
     /// Index of this pool's state in the budget's `Sched`.
@@ -444,6 +463,29 @@ impl Shared {
 
     pub(crate) fn member(&self) -> usize {
         self.member
+    }
+
+    /// Predictive admission's refusal of a job of `priority` with
+    /// `deadline`, submitted at `now` into the queue, if it would start
+    /// after its deadline (see `admission.rs`).
+    fn would_miss(
+        &self,
+        sched: &Sched,
+        member: usize,
+        priority: i64,
+        deadline: Option<Instant>,
+        now: Instant,
+    ) -> Option<SubmitError> {
+        let deadline = deadline.filter(|_| self.admission == Admission::Predictive)?;
+        let timeout = deadline.saturating_duration_since(now);
+        let (load, elapsed) = sched.load(member, priority, now);
+        let predicted_wait = admission::predicted_wait(load, elapsed);
+        (predicted_wait > timeout).then(|| SubmitError::WouldMissDeadline {
+            pool: self.name.to_string(),
+            capacity: self.capacity,
+            predicted_wait,
+            timeout,
+        })
     }
 
     fn closed_error(&self) -> SubmitError {
@@ -504,7 +546,9 @@ impl Shared {
                 claimed,
                 "queued jobs are claimed only after leaving the queue"
             );
-            sched.stats_mut(self.member).count_end(status);
+            sched
+                .stats_mut(self.member)
+                .count_end(status, Instant::now());
             (task, sched.release_if_drained(self.member))
         };
         drop(release);
@@ -565,6 +609,7 @@ impl Shared {
         member: usize,
         cancel_pending: bool,
     ) -> (Vec<Arc<dyn Task>>, Option<Arc<Shared>>) {
+        let now = Instant::now();
         let cancelled = sched.update(member, |s| {
             s.closed = true;
             if !cancel_pending {
@@ -577,7 +622,7 @@ impl Shared {
                     claimed,
                     "queued jobs are claimed only after leaving the queue"
                 );
-                s.stats.count_end(JobStatus::Cancelled);
+                s.stats.count_end(JobStatus::Cancelled, now);
             }
             drained
         });

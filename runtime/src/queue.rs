@@ -21,8 +21,13 @@ impl QueueKey {
 ///
 /// Capacity rule: at most `capacity` jobs wait. A job that finds an idle
 /// worker is handed to it, started, and never enters the queue.
+///
+/// `waiting[p]` is the number of jobs of priority `p` in `jobs` (entries
+/// with none are removed), so the jobs that would start before a new one
+/// are counted without walking the queue.
 pub(crate) struct Queue {
     jobs: BTreeMap<QueueKey, Arc<dyn Task>>,
+    waiting: BTreeMap<Reverse<i64>, usize>,
     capacity: usize,
 }
 
@@ -30,6 +35,7 @@ impl Queue {
     pub(crate) fn new(capacity: usize) -> Self {
         Queue {
             jobs: BTreeMap::new(),
+            waiting: BTreeMap::new(),
             capacity,
         }
     }
@@ -43,24 +49,48 @@ impl Queue {
         self.jobs.len() < self.capacity
     }
 
+    /// Waiting jobs that would start before a job of `priority` submitted
+    /// now: those of a higher or equal priority. O(distinct priorities).
+    pub(crate) fn ahead_of(&self, priority: i64) -> usize {
+        self.waiting
+            .range(..=Reverse(priority))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     pub(crate) fn push(&mut self, job: Arc<dyn Task>) {
         let key = job.header().key();
         let previous = self.jobs.insert(key, job);
         debug_assert!(previous.is_none(), "job ids are unique");
+        *self.waiting.entry(key.0).or_insert(0) += 1;
+    }
+
+    fn left(&mut self, key: &QueueKey) {
+        if let Some(n) = self.waiting.get_mut(&key.0) {
+            *n -= 1;
+            if *n == 0 {
+                self.waiting.remove(&key.0);
+            }
+        }
     }
 
     /// The next job to run.
     pub(crate) fn pop(&mut self) -> Option<Arc<dyn Task>> {
-        self.jobs.pop_first().map(|(_, job)| job)
+        let (key, job) = self.jobs.pop_first()?;
+        self.left(&key);
+        Some(job)
     }
 
     /// Removes a waiting job, in O(log n).
     pub(crate) fn remove(&mut self, key: &QueueKey) -> Option<Arc<dyn Task>> {
-        self.jobs.remove(key)
+        let job = self.jobs.remove(key)?;
+        self.left(key);
+        Some(job)
     }
 
     /// Removes every waiting job, in run order.
     pub(crate) fn drain(&mut self) -> Vec<Arc<dyn Task>> {
+        self.waiting.clear();
         std::mem::take(&mut self.jobs).into_values().collect()
     }
 }

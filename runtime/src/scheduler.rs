@@ -26,6 +26,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::admission::Load;
 use crate::idle::Idle;
 use crate::pool::Shared;
 use crate::queue::Queue;
@@ -226,6 +227,42 @@ impl Sched {
         }
     }
 
+    /// What predictive admission reads about `member` for a job of
+    /// `priority` submitted at `now` (see `admission.rs`), and the elapsed
+    /// seconds of its running jobs.
+    pub(crate) fn load(
+        &self,
+        member: usize,
+        priority: i64,
+        now: Instant,
+    ) -> (Load, impl Iterator<Item = f64> + '_) {
+        let state = self.pool(member);
+        let load = Load {
+            ahead: state.queue.ahead_of(priority),
+            threads: self.threads_for(member),
+            run_mean: state.stats.run.mean(),
+            run_std_dev: state.stats.run.std_dev(),
+        };
+        let elapsed = self
+            .running_since(member)
+            .map(move |started| now.saturating_duration_since(started).as_secs_f64());
+        (load, elapsed)
+    }
+
+    /// The threads `member` may use: its cap, or its weighted share of the
+    /// budget's threads among the busy pools (itself counted as busy) if
+    /// that is lower.
+    fn threads_for(&self, member: usize) -> f64 {
+        let state = self.pool(member);
+        let others: f64 = self
+            .pools()
+            .filter(|&(m, s)| m != member && s.busy())
+            .map(|(_, s)| s.weight)
+            .sum();
+        let share = self.running.len() as f64 * state.weight / (state.weight + others);
+        share.min(state.cap as f64)
+    }
+
     /// Queues `task` in `member`. A pool that was idle re-enters at no
     /// less than the least virtual time among the busy pools.
     pub(crate) fn push(&mut self, member: usize, task: Arc<dyn Task>, now: Instant) {
@@ -316,7 +353,7 @@ impl Sched {
             s.running -= 1;
             s.running_starts -= start_ns;
             s.vtime += now.saturating_duration_since(started).as_secs_f64() / s.weight;
-            s.stats.count_end(status);
+            s.stats.count_end(status, now);
             s.stats.record_run(started, now);
         });
         self.release_if_drained(member)

@@ -134,7 +134,9 @@ fn next_step(
                 claimed,
                 "queued jobs are claimed only after leaving the queue"
             );
-            sched.stats_mut(taken.member).count_end(JobStatus::Expired);
+            sched
+                .stats_mut(taken.member)
+                .count_end(JobStatus::Expired, now);
             after
                 .released
                 .extend(sched.release_if_drained(taken.member));
