@@ -14,7 +14,7 @@ A ten-line service::
 
     rx = Raptors(pools=[{"name": "scoring", "threads": 2, "queue": 64}])
     app = FastAPI(lifespan=rx.lifespan)
-    rx.install(app)  # 503/504 handlers, GET /metrics and GET /stats
+    rx.install(app)  # 503/504 handlers, /metrics, /stats, /stats/stream, /dashboard
 
     @app.post("/dot")
     async def dot(request: Request, pool: rp.Pool = Depends(rx.pool("scoring"))):
@@ -33,6 +33,9 @@ Invariants kept here:
   cancels an accepted job.
 * ``Raptors.wait`` cancels a job only on a real client disconnect; a job that
   already started runs to completion and its result is discarded.
+* ``GET /stats/stream`` builds one ``/stats`` snapshot per tick for all its
+  subscribers, and every stream ends at the lifespan's exit (see
+  ``raptors._dashboard``).
 """
 
 from __future__ import annotations
