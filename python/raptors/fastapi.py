@@ -14,7 +14,7 @@ A ten-line service::
 
     rx = Raptors(pools=[{"name": "scoring", "threads": 2, "queue": 64}])
     app = FastAPI(lifespan=rx.lifespan)
-    rx.install(app)  # 503/504 handlers, GET /metrics and GET /stats
+    rx.install(app)  # 503/504 handlers, /metrics, /stats, /stats/stream, /dashboard
 
     @app.post("/dot")
     async def dot(request: Request, pool: rp.Pool = Depends(rx.pool("scoring"))):
@@ -33,6 +33,9 @@ Invariants kept here:
   cancels an accepted job.
 * ``Raptors.wait`` cancels a job only on a real client disconnect; a job that
   already started runs to completion and its result is discarded.
+* ``GET /stats/stream`` builds one ``/stats`` snapshot per tick for all its
+  subscribers, and every stream ends at the lifespan's exit (see
+  ``raptors._dashboard``).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from typing import Any, Literal
 
 import raptors as rp
+from raptors._dashboard import StatsBroadcaster, dashboard_html
 from raptors.batch import Batcher
 
 Admission = Literal["bounded", "predictive"]
@@ -59,7 +63,7 @@ _EXTRA_HINT = 'raptors.fastapi needs FastAPI and prometheus_client: pip install 
 
 try:
     from fastapi import FastAPI, HTTPException, Request
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
     from prometheus_client import CollectorRegistry
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -625,6 +629,9 @@ class Raptors:
         disconnect_grace: float = 0.01,
         metrics_path: str | None = "/metrics",
         stats_path: str | None = "/stats",
+        stream_path: str | None = "/stats/stream",
+        dashboard_path: str | None = "/dashboard",
+        stream_interval: float = 0.5,
     ) -> None:
         if isinstance(pools, Mapping):
             configs = [PoolConfig.coerce({"name": n, **dict(c)}) for n, c in pools.items()]
@@ -641,7 +648,13 @@ class Raptors:
         self.disconnect_grace = disconnect_grace
         self.metrics_path = metrics_path
         self.stats_path = stats_path
+        self.stream_path = stream_path
+        self.dashboard_path = dashboard_path
+        self.stream_interval = stream_interval
+        # One producer for every /stats/stream subscriber (see _dashboard).
+        self.stream = StatsBroadcaster(self.stats_snapshot, stream_interval)
         self._pools: dict[str, rp.Pool] = {}
+        self._dashboard_page: bytes | None = None
         self.batchers: dict[str, Batcher] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(RaptorsCollector(self))
@@ -652,6 +665,8 @@ class Raptors:
         """Create the configured pools (the lifespan calls this)."""
         if self.tenants is not None and self.tenants._closed:
             self.tenants = TenantPools(self.tenants.template, self._in_use)
+        if self.stream.closed:
+            self.stream = StatsBroadcaster(self.stats_snapshot, self.stream_interval)
         try:
             if self.tenants is not None:
                 self.tenants.open()
@@ -685,6 +700,8 @@ class Raptors:
         try:
             yield
         finally:
+            # Streams first: they would otherwise send snapshots of closing pools.
+            await self.stream.close()
             # Draining may take as long as the longest accepted job: off the loop.
             await asyncio.to_thread(self.close, True)
 
@@ -805,7 +822,8 @@ class Raptors:
     # -- HTTP surface ----------------------------------------------------
 
     def install(self, app: FastAPI) -> None:
-        """Register the exception handlers and, unless disabled, /metrics and /stats."""
+        """Register the exception handlers and, unless disabled, /metrics,
+        /stats, /stats/stream and /dashboard."""
         app.add_exception_handler(rp.QueueFull, self._queue_full)
         app.add_exception_handler(rp.DeadlineExceeded, self._deadline)
         app.add_exception_handler(rp.PoolClosed, self._pool_closed)
@@ -821,6 +839,17 @@ class Raptors:
         if self.stats_path:
             app.add_api_route(
                 self.stats_path, self.stats_response, methods=["GET"], include_in_schema=False
+            )
+        if self.stream_path:
+            app.add_api_route(
+                self.stream_path, self.stream_response, methods=["GET"], include_in_schema=False
+            )
+        if self.dashboard_path:
+            app.add_api_route(
+                self.dashboard_path,
+                self.dashboard_response,
+                methods=["GET"],
+                include_in_schema=False,
             )
 
     async def _queue_full(self, request: Request, exc: Exception) -> Response:
@@ -864,11 +893,44 @@ class Raptors:
     async def stats_response(self) -> JSONResponse:
         return JSONResponse(self.stats_snapshot())
 
+    async def stream_response(self) -> StreamingResponse:
+        """Server-sent events: the /stats body every ``stream_interval``
+        seconds, until the client leaves or the app shuts down."""
+        return StreamingResponse(
+            self.stream.events(),
+            media_type="text/event-stream",
+            # No proxy buffering or caching of a live feed.
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def dashboard_response(self) -> Response:
+        """The live dashboard page, fed by ``stream_path``."""
+        if not self.stream_path:
+            raise HTTPException(404, "the dashboard needs stream_path (GET /stats/stream)")
+        if self._dashboard_page is None:
+            self._dashboard_page = dashboard_html(
+                _relative_url(self.dashboard_path, self.stream_path)
+            )
+        return Response(
+            self._dashboard_page,
+            media_type="text/html; charset=utf-8",
+            headers={"Cache-Control": "no-cache"},
+        )
+
     def metrics_text(self) -> bytes:
         return generate_latest(self.registry)
 
     async def metrics_response(self) -> Response:
         return Response(self.metrics_text(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _relative_url(page: str | None, target: str) -> str:
+    """``target`` (an absolute path) as a URL relative to ``page``'s
+    directory, so the page finds its stream when the app is mounted under a
+    prefix: ``("/dashboard", "/stats/stream") -> "stats/stream"``."""
+    page_dir = (page or "/").rsplit("/", 1)[0].strip("/")
+    parts = [p for p in page_dir.split("/") if p]
+    return "../" * len(parts) + target.lstrip("/")
 
 
 _GAUGES = (

@@ -2,7 +2,8 @@
 
 ``POST /score {"query": [256 floats]}`` -> ``{"ids": [10 ints], "scores": [10 floats]}``,
 best first, against a generated (seeded) 20,000 x 256 float32 matrix whose
-rows are pre-normalised. ``GET /health``, ``GET /metrics``, ``GET /stats``.
+rows are pre-normalised. ``GET /health``, ``GET /metrics``, ``GET /stats``,
+``GET /stats/stream`` and ``GET /dashboard`` (the live page).
 
 Variants (for ``python -m raptors bench``) share the request parsing, the
 response encoding and the answers; only the scoring call differs:
