@@ -23,7 +23,6 @@ import time
 import uuid
 
 import numpy as np
-
 import raptors as rp
 
 
