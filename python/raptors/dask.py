@@ -305,6 +305,9 @@ class DaskPool(concurrent.futures.Executor):
         self._ids = itertools.count()
         self._topic = f"raptors-{name}-{uuid.uuid4().hex[:8]}"
         self._deadlines: list[tuple[float, int, DaskJob]] = []
+        self._finisher = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix=f"raptors-dask-{name}-done"
+        )
         self._watcher = threading.Thread(
             target=self._watch, name=f"raptors-dask-{name}", daemon=True
         )
@@ -384,7 +387,11 @@ class DaskPool(concurrent.futures.Executor):
                 # Cancelled or expired before the task existed.
                 future.cancel()
                 return job
-        future.add_done_callback(lambda done: self._on_task_end(job, done))
+        # The result is gathered on the client's event loop as soon as the
+        # task ends (one hop fewer than a done callback that calls result()).
+        loop = self.client.loop
+        assert loop is not None, "an open Client has a loop"
+        loop.add_callback(self._collect, job, future)
         return job
 
     def scatter(self, obj: Any) -> Scattered:
@@ -454,6 +461,8 @@ class DaskPool(concurrent.futures.Executor):
                 while self._jobs:
                     self._lock.wait(0.1)
         if first:
+            if wait:
+                self._finisher.shutdown(wait=False)
             self.client.unsubscribe_topic(self._topic)
             if self._owns_client:
                 self.client.close()
@@ -550,18 +559,21 @@ class DaskPool(concurrent.futures.Executor):
         if tripped:
             self._trip([job])
 
-    def _on_task_end(self, job: DaskJob, future: distributed.Future[Any]) -> None:
-        """The Dask task ended (runs on a thread of distributed's)."""
-        if job._status in _TERMINAL:
-            return
+    async def _collect(self, job: DaskJob, future: distributed.Future[Any]) -> None:
+        """Awaits the Dask task's end on the client's loop, then ends the job
+        on the pool's own thread: done callbacks must not run on (or block)
+        the loop that delivers every other job."""
         status: JobStatus
         try:
-            outcome, value = future.result()
+            outcome, value = await future._result()
             status = "done" if outcome == "done" else outcome
         except concurrent.futures.CancelledError:
             status, value = "cancelled", None
         except BaseException as error:  # noqa: BLE001 (the job's own exception, passed on)
             status, value = "failed", error
+        self._finisher.submit(self._on_task_end, job, status, value)
+
+    def _on_task_end(self, job: DaskJob, status: JobStatus, value: Any) -> None:
         with self._lock:
             if job._status == "queued" and status in ("done", "failed"):
                 # The result overtook the start report: it did run.
