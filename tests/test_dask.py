@@ -1,0 +1,322 @@
+"""`raptors.dask.DaskPool` on a real `distributed.LocalCluster` of two worker
+processes with one thread each: every sentence of api.md section 11.
+
+Workers are held busy with *gates*: jobs that wait on a cluster-wide
+`distributed.Event`, so a test decides when a worker frees up. Waiting is on
+events, futures or job states with generous bounds, never on sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+distributed = pytest.importorskip("distributed")
+import dask
+import raptors as rp
+from conftest import HANG, assert_invariant, wait_until
+from raptors.dask import DaskPool
+
+pytestmark = pytest.mark.timeout(120)
+
+_serial = itertools.count()
+
+
+def gate(event_name: str, value: object = None) -> object:
+    """Blocks its worker until the cluster-wide event ``event_name`` is set."""
+    if not distributed.Event(event_name).wait(HANG * 3):
+        raise RuntimeError("gate was never opened")
+    return value
+
+
+def fail(message: str) -> None:
+    raise KeyError(message)
+
+
+@pytest.fixture(scope="module")
+def client():
+    # Saturation 1.0: the scheduler hands a worker a task only when it has a
+    # free thread, so gate jobs land on both workers (the recommended setting
+    # for DaskPool: priorities then order every waiting job).
+    with (
+        dask.config.set({"distributed.scheduler.worker-saturation": 1.0}),
+        distributed.LocalCluster(
+            processes=True,
+            n_workers=2,
+            threads_per_worker=1,
+            dashboard_address=None,
+            worker_dashboard_address=None,
+        ) as cluster,
+        distributed.Client(cluster) as dask_client,
+    ):
+        yield dask_client
+
+
+@pytest.fixture
+def pool(client):
+    dask_pool = DaskPool(f"dask-test-{next(_serial)}", client, queue=4)
+    yield dask_pool
+    dask_pool.close(wait=True, cancel_pending=True)
+    assert_invariant(dask_pool.stats())
+
+
+@pytest.fixture
+def gates(client):
+    """Opens gates on demand; every gate opened at the end of the test."""
+    names: list[str] = []
+
+    def new() -> str:
+        names.append(f"gate-{uuid.uuid4().hex}")
+        return names[-1]
+
+    new.open = lambda name: distributed.Event(name, client=client).set()  # type: ignore[attr-defined]
+    yield new
+    for name in names:
+        distributed.Event(name, client=client).set()
+
+
+def block_workers(pool: DaskPool, gates, n: int = 2):
+    """Occupies ``n`` worker threads with gate jobs; returns (event name, jobs)."""
+    name = gates()
+    jobs = [pool.submit(gate, name, i) for i in range(n)]
+    assert wait_until(lambda: all(job.status == "running" for job in jobs), HANG)
+    return name, jobs
+
+
+def test_results_equal_numpy(pool):
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((64, 32)), rng.standard_normal((32, 16))
+    np.testing.assert_allclose(pool.submit(rp.matmul, a, b).result(HANG), a @ b)
+    v = rng.standard_normal(1000)
+    assert pool.submit(rp.dot, v, v).result(HANG) == pytest.approx(np.dot(v, v))
+    matrix, queries = rng.standard_normal((500, 16)), rng.standard_normal((3, 16))
+    ids, scores = pool.submit(rp.cosine_topk, matrix, queries, 5).result(HANG)
+    expected = (matrix / np.linalg.norm(matrix, axis=1, keepdims=True)) @ (
+        queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    ).T
+    np.testing.assert_allclose(np.sort(scores, axis=-1), np.sort(np.sort(expected, axis=0)[-5:].T))
+    np.testing.assert_array_equal(
+        np.sort(ids, axis=-1), np.sort(np.argsort(expected, axis=0)[-5:].T)
+    )
+    assert pool.submit(sum, [1, 2, 3]).result(HANG) == 6
+    job = pool.submit(rp.sum, np.arange(10))
+    job.result(HANG)
+    assert job.status == "done" and job.done() and not job.running()
+
+
+def test_exceptions_reach_the_caller_unchanged(pool):
+    job = pool.submit(fail, "no such row")
+    with pytest.raises(KeyError, match="no such row"):
+        job.result(HANG)
+    assert job.status == "failed"
+    with pytest.raises(ValueError):
+        pool.submit(rp.dot, np.ones(3), np.ones(4)).result(HANG)
+
+
+def test_queue_full_when_queue_jobs_wait(pool, gates):
+    name, _ = block_workers(pool, gates)
+    waiting = [pool.submit(gate, name) for _ in range(pool.queue_capacity)]
+    assert all(job.status == "queued" for job in waiting)
+    with pytest.raises(rp.QueueFull) as refused:
+        pool.submit(gate, name)
+    assert refused.value.pool == pool.name and refused.value.capacity == 4
+    s = pool.stats()
+    assert (s.queued, s.running, s.rejected) == (4, 2, 1)
+    assert_invariant(s)
+    gates.open(name)
+    concurrent.futures.wait(waiting, timeout=HANG)
+    assert all(job.status == "done" for job in waiting)
+
+
+def test_pool_closed(client):
+    dask_pool = DaskPool(f"dask-closed-{next(_serial)}", client)
+    assert dask_pool.submit(abs, -1).result(HANG) == 1
+    dask_pool.close()
+    assert dask_pool.closed
+    with pytest.raises(rp.PoolClosed) as refused:
+        dask_pool.submit(abs, -1)
+    assert isinstance(refused.value, RuntimeError) and refused.value.pool == dask_pool.name
+    assert dask_pool.stats().completed == 1
+
+
+def test_cancel_is_true_while_not_started(pool, gates):
+    name, running = block_workers(pool, gates)
+    queued = pool.submit(gate, name)
+    assert queued.cancel() is True and queued.cancel() is True
+    assert queued.status == "cancelled" and queued.cancelled() and queued.done()
+    with pytest.raises(concurrent.futures.CancelledError):
+        queued.result(HANG)
+    assert running[0].cancel() is False and running[0].status == "running"
+    gates.open(name)
+    assert running[0].result(HANG) == 0
+    assert running[0].cancel() is False
+    assert running[1].result(HANG) == 1
+    s = pool.stats()
+    assert s.cancelled == 1 and s.completed == 2
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="Dask hands small task groups to workers eagerly; ordering across them is "
+    "not yet strict (issue 12, open item)",
+)
+def test_priority_maps_to_dasks(client, gates):
+    """Dask starts higher priorities first among the jobs waiting at the
+    scheduler and in each worker's ready queue: a high-priority job
+    submitted after eight low ones starts before most of them."""
+    with DaskPool(f"dask-prio-{next(_serial)}", client, queue=16) as dask_pool:
+        name, _ = block_workers(dask_pool, gates)
+        low = [dask_pool.submit(time.time) for _ in range(8)]
+        high = dask_pool.submit(time.time, priority=5)
+        gates.open(name)
+        starts = sorted(job.result(HANG) for job in low)
+        assert high.result(HANG) < starts[4]
+        assert_invariant(dask_pool.stats())
+
+
+def test_token_cancels_queued_jobs(pool, gates):
+    name, _ = block_workers(pool, gates)
+    token = rp.CancelToken()
+    queued = [pool.submit(gate, name, token=token) for _ in range(2)]
+    token.cancel()
+    concurrent.futures.wait(queued, timeout=HANG)
+    assert [job.status for job in queued] == ["cancelled", "cancelled"]
+    already = pool.submit(abs, 1, token=token)
+    assert already.status == "cancelled" and already.cancelled()
+
+
+def test_token_stops_a_running_kernel_on_its_worker(pool):
+    n = 2500
+    a = pool.scatter(np.ones((n, n)))
+    b = pool.scatter(np.ones((n, n)))
+    started = time.monotonic()
+    full = pool.submit(rp.matmul, a, b)
+    assert float(np.asarray(full.result(HANG * 3))[0, 0]) == n
+    full_seconds = time.monotonic() - started
+    token = rp.CancelToken()
+    job = pool.submit(rp.matmul, a, b, token=token)
+    assert wait_until(lambda: job.status == "running", HANG)
+    cancelled_at = time.monotonic()
+    token.cancel()
+    with pytest.raises(concurrent.futures.CancelledError):
+        job.result(HANG)
+    stop_seconds = time.monotonic() - cancelled_at
+    assert job.status == "cancelled"
+    assert stop_seconds < max(0.5, full_seconds / 2), (stop_seconds, full_seconds)
+
+
+def test_timeout_expires_a_job_not_started(pool, gates):
+    name, _ = block_workers(pool, gates)
+    job = pool.submit(abs, -1, timeout=0.05)
+    with pytest.raises(rp.DeadlineExceeded):
+        job.result(HANG)
+    assert job.status == "expired" and isinstance(job.exception(), TimeoutError)
+    gates.open(name)
+    assert pool.submit(abs, -2, timeout=HANG).result(HANG) == 2
+    assert pool.stats().expired == 1
+
+
+def test_callbacks_from_any_thread(pool):
+    seen: list[object] = []
+    called = threading.Event()
+
+    def on_done(job):
+        seen.append(job)
+        called.set()
+
+    job = pool.submit(abs, -3)
+    job.add_done_callback(on_done)
+    assert called.wait(HANG) and seen == [job]
+    late: list[object] = []
+    job.add_done_callback(late.append)
+    assert late == [job]
+
+
+def test_wait_and_as_completed(pool):
+    jobs = [pool.submit(abs, -i) for i in range(4)]
+    assert sorted(job.result() for job in concurrent.futures.as_completed(jobs, HANG)) == [
+        0,
+        1,
+        2,
+        3,
+    ]
+    done, not_done = concurrent.futures.wait(jobs, timeout=HANG)
+    assert len(done) == 4 and not not_done
+
+
+async def test_await_from_asyncio(pool, gates):
+    assert await pool.submit(abs, -5) == 5
+    assert await asyncio.wrap_future(pool.submit(abs, -6)) == 6
+    name, running = block_workers(pool, gates)
+    queued = pool.submit(gate, name)
+    task = asyncio.ensure_future(asyncio.wait_for(queued, 0.05))
+    with pytest.raises(TimeoutError):
+        await task
+    assert queued.status == "cancelled"  # the awaiting task's cancel cancelled it
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(running[0], 0.05)
+    assert running[0].status == "running"  # a running job runs on
+    gates.open(name)
+    assert await running[0] == 0
+
+
+def test_executor_map_and_context_manager(client):
+    with DaskPool(f"dask-exec-{next(_serial)}", client, queue=2) as dask_pool:
+        assert list(dask_pool.map(abs, range(-10, 0))) == list(range(10, 0, -1))
+        assert isinstance(dask_pool, concurrent.futures.Executor)
+    assert dask_pool.closed
+    assert dask_pool.stats().rejected == 0 or dask_pool.stats().completed == 10
+
+
+def test_stats_invariant_under_mixed_outcomes(pool, gates):
+    name, _ = block_workers(pool, gates)
+    token = rp.CancelToken()
+    jobs = [
+        pool.submit(gate, name),
+        pool.submit(gate, name, token=token),
+        pool.submit(abs, 1, timeout=0.01),
+    ]
+    jobs[0].cancel()
+    token.cancel()
+    assert_invariant(pool.stats())
+    gates.open(name)
+    concurrent.futures.wait(jobs, timeout=HANG)
+    pool.submit(fail, "x").exception(HANG)
+    s = pool.stats()
+    assert_invariant(s)
+    assert (s.queued, s.running, s.cancelled, s.expired, s.failed) == (0, 0, 2, 1, 1)
+    assert s.wait_p99 >= s.wait_p50 > 0 and s.run_p99 >= s.run_p50 > 0
+    assert s.to_dict()["submitted"] == s.submitted and s.threads == 2
+
+
+def test_scatter_sends_once_and_stands_for_the_object(pool):
+    matrix = np.random.default_rng(1).standard_normal((2000, 64)).astype(np.float32)
+    handle = pool.scatter(matrix)
+    queries = matrix[:2]
+    ids, _ = pool.submit(rp.cosine_topk, handle, queries, 3).result(HANG)
+    assert [row[0] for row in np.asarray(ids)] == [0, 1]
+    norms = pool.submit(rp.norm, handle).result(HANG)
+    assert norms == pytest.approx(np.linalg.norm(matrix), rel=1e-4)
+
+
+def test_address_opens_and_closes_its_own_client(client):
+    dask_pool = DaskPool(f"dask-addr-{next(_serial)}", address=client.scheduler.address)
+    assert dask_pool.submit(abs, -7).result(HANG) == 7
+    dask_pool.close()
+    assert dask_pool.client.status == "closed"
+
+
+def test_bad_arguments(client):
+    with pytest.raises(ValueError, match="name"):
+        DaskPool("", client)
+    with pytest.raises(ValueError, match="queue"):
+        DaskPool("x", client, queue=0)
+    with pytest.raises(TypeError, match="queue"):
+        DaskPool("x", client, queue=None)  # type: ignore[arg-type]
