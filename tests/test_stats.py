@@ -58,8 +58,11 @@ def test_to_dict(rp, make_pool):
     for f in ALL_FIELDS:
         assert d[f] == getattr(s, f), f
         assert type(d[f]) is type(getattr(s, f)), f
-    # A plain dict: its values are plain Python objects.
-    assert all(isinstance(v, (str, int, float)) for v in d.values())
+    # A plain dict: its values are plain Python objects (the run-time
+    # distribution a list of floats).
+    assert type(d["run_quantiles"]) is list
+    assert all(type(x) is float for x in d["run_quantiles"])
+    assert all(isinstance(v, (str, int, float, list)) for v in d.values())
 
 
 def test_rp_stats(rp, make_pool):
