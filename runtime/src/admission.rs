@@ -39,8 +39,6 @@
 //! from: the job is admitted and measured). It never falls with more
 //! queued work and never rises with more threads.
 
-use std::time::Duration;
-
 /// How a pool decides whether to accept a job.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Admission {
@@ -60,6 +58,8 @@ const Z_P99: f64 = 2.33;
 pub(crate) struct Load {
     /// Queued jobs that would start before the new one.
     pub(crate) ahead: usize,
+    /// The pool's running jobs (what `elapsed` yields).
+    pub(crate) running: usize,
     /// Threads the pool may use (> 0; fractional on a shared budget).
     pub(crate) threads: f64,
     /// Mean and standard deviation of recent run times.
@@ -67,30 +67,35 @@ pub(crate) struct Load {
     pub(crate) run_std_dev: f64,
 }
 
-/// The predicted p99 wait of a job submitted into `load`, the pool's
-/// running jobs having run for `elapsed` seconds each. See the module doc.
-pub(crate) fn predicted_wait(load: Load, elapsed: impl Iterator<Item = f64>) -> Duration {
+/// `d` in seconds, by a multiply where `Duration::as_secs_f64` divides (a
+/// few ns of latency on every submit; the last bit may differ).
+pub(crate) fn seconds(d: std::time::Duration) -> f64 {
+    d.as_secs() as f64 + f64::from(d.subsec_nanos()) * 1e-9
+}
+
+/// The predicted p99 wait, in seconds (at least 0), of a job submitted into
+/// `load`, the pool's running jobs having run for `elapsed` seconds each.
+/// See the module doc. Seconds, not a `Duration`: the submit path compares
+/// it with the time left and builds a `Duration` only for a refusal.
+pub(crate) fn predicted_wait(load: Load, elapsed: impl Iterator<Item = f64>) -> f64 {
     let Load {
         ahead,
+        running,
         threads: c,
         run_mean: m,
         run_std_dev: s,
     } = load;
-    if m <= 0.0 || !m.is_finite() || c <= 0.0 {
-        return Duration::ZERO;
+    // Checked before the running jobs are read: under light load a thread
+    // is free and the submit pays for nothing else.
+    if m <= 0.0 || !m.is_finite() || c <= 0.0 || ((running + ahead) as f64) < c {
+        return 0.0;
     }
-    let (mut running, mut left) = (0usize, 0.0);
-    for e in elapsed {
-        running += 1;
-        left += (m - e).abs();
-    }
-    if ((running + ahead) as f64) < c {
-        return Duration::ZERO;
-    }
+    let left: f64 = elapsed.map(|e| (m - e).abs()).sum();
     let starts = (ahead + 1) as f64;
-    let mean = (((starts - c / 2.0) * m + left) / c).max(0.0);
-    let spread = Z_P99 * s * starts.sqrt() / c;
-    Duration::try_from_secs_f64(mean + spread).unwrap_or(Duration::MAX)
+    let per_thread = 1.0 / c;
+    let mean = (((starts - c / 2.0) * m + left) * per_thread).max(0.0);
+    let spread = Z_P99 * s * starts.sqrt() * per_thread;
+    mean + spread
 }
 
 #[cfg(test)]
@@ -100,30 +105,30 @@ mod tests {
     fn load(ahead: usize, threads: f64) -> Load {
         Load {
             ahead,
+            running: 0,
             threads,
             run_mean: 0.002,
             run_std_dev: 0.001,
         }
     }
 
-    fn secs(d: Duration) -> f64 {
-        d.as_secs_f64()
+    /// The prediction with running jobs of these elapsed times.
+    fn predict(load: Load, elapsed: &[f64]) -> f64 {
+        let load = Load {
+            running: elapsed.len(),
+            ..load
+        };
+        predicted_wait(load, elapsed.iter().copied())
     }
 
     #[test]
     fn a_free_thread_or_no_measurement_predicts_no_wait() {
-        assert_eq!(
-            predicted_wait(load(0, 2.0), [0.001].into_iter()),
-            Duration::ZERO
-        );
+        assert_eq!(predict(load(0, 2.0), &[0.001]), 0.0);
         let unmeasured = Load {
             run_mean: 0.0,
             ..load(50, 1.0)
         };
-        assert_eq!(
-            predicted_wait(unmeasured, [0.1].into_iter()),
-            Duration::ZERO
-        );
+        assert_eq!(predict(unmeasured, &[0.1]), 0.0);
     }
 
     #[test]
@@ -134,7 +139,7 @@ mod tests {
         };
         // 1 ms left of the running job, 3 jobs of 2 ms ahead, and the
         // midpoint's half a job: 1 + 6 + 1 ms.
-        let w = secs(predicted_wait(exact, [0.001].into_iter()));
+        let w = predict(exact, &[0.001]);
         assert!((w - 0.008).abs() < 1e-12, "{w}");
     }
 
@@ -148,7 +153,7 @@ mod tests {
                     run_std_dev: 0.0,
                     ..load(k, c as f64)
                 };
-                let w = secs(predicted_wait(exact, std::iter::repeat_n(0.0, c)));
+                let w = predict(exact, &vec![0.0; c]);
                 let truth = ((k / c) + 1) as f64 * 0.002;
                 assert!(
                     (w - truth).abs() <= 0.001 + 1e-12,
@@ -160,8 +165,8 @@ mod tests {
 
     #[test]
     fn an_overrunning_job_holds_its_thread() {
-        let on_time = secs(predicted_wait(load(0, 1.0), [0.002].into_iter()));
-        let overrun = secs(predicted_wait(load(0, 1.0), [0.102].into_iter()));
+        let on_time = predict(load(0, 1.0), &[0.002]);
+        let overrun = predict(load(0, 1.0), &[0.102]);
         assert!(overrun > on_time + 0.09, "{on_time} {overrun}");
     }
 
@@ -171,10 +176,7 @@ mod tests {
         for threads in [1.0, 1.5, 2.0, 3.0, 4.0] {
             let mut last = 0.0;
             for ahead in 0..200 {
-                let w = secs(predicted_wait(
-                    load(ahead, threads),
-                    running.iter().copied(),
-                ));
+                let w = predict(load(ahead, threads), &running);
                 assert!(w >= last, "ahead {ahead} threads {threads}: {w} < {last}");
                 last = w;
             }
@@ -182,10 +184,7 @@ mod tests {
         for ahead in [0, 1, 5, 50] {
             let mut last = f64::INFINITY;
             for threads in [1.0, 1.5, 2.0, 3.0, 4.0, 8.0] {
-                let w = secs(predicted_wait(
-                    load(ahead, threads),
-                    running.iter().copied(),
-                ));
+                let w = predict(load(ahead, threads), &running);
                 assert!(w <= last, "ahead {ahead} threads {threads}: {w} > {last}");
                 last = w;
             }

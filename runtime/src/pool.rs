@@ -479,11 +479,11 @@ impl Shared {
         let deadline = deadline.filter(|_| self.admission == Admission::Predictive)?;
         let timeout = deadline.saturating_duration_since(now);
         let (load, elapsed) = sched.load(member, priority, now);
-        let predicted_wait = admission::predicted_wait(load, elapsed);
-        (predicted_wait > timeout).then(|| SubmitError::WouldMissDeadline {
+        let predicted = admission::predicted_wait(load, elapsed);
+        (predicted > admission::seconds(timeout)).then(|| SubmitError::WouldMissDeadline {
             pool: self.name.to_string(),
             capacity: self.capacity,
-            predicted_wait,
+            predicted_wait: Duration::try_from_secs_f64(predicted).unwrap_or(Duration::MAX),
             timeout,
         })
     }

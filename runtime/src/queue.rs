@@ -22,12 +22,13 @@ impl QueueKey {
 /// Capacity rule: at most `capacity` jobs wait. A job that finds an idle
 /// worker is handed to it, started, and never enters the queue.
 ///
-/// `waiting[p]` is the number of jobs of priority `p` in `jobs` (entries
-/// with none are removed), so the jobs that would start before a new one
-/// are counted without walking the queue.
+/// `waiting` holds `(p, n)`: `n > 0` jobs of priority `p` are in `jobs`,
+/// highest `p` first, one entry per distinct priority. The jobs that would
+/// start before a new one are counted without walking the queue; a queue
+/// holds few distinct priorities, so a sorted `Vec` beats a map here.
 pub(crate) struct Queue {
     jobs: BTreeMap<QueueKey, Arc<dyn Task>>,
-    waiting: BTreeMap<Reverse<i64>, usize>,
+    waiting: Vec<(i64, usize)>,
     capacity: usize,
 }
 
@@ -35,7 +36,7 @@ impl Queue {
     pub(crate) fn new(capacity: usize) -> Self {
         Queue {
             jobs: BTreeMap::new(),
-            waiting: BTreeMap::new(),
+            waiting: Vec::new(),
             capacity,
         }
     }
@@ -53,23 +54,32 @@ impl Queue {
     /// now: those of a higher or equal priority. O(distinct priorities).
     pub(crate) fn ahead_of(&self, priority: i64) -> usize {
         self.waiting
-            .range(..=Reverse(priority))
-            .map(|(_, n)| n)
+            .iter()
+            .take_while(|&&(p, _)| p >= priority)
+            .map(|&(_, n)| n)
             .sum()
+    }
+
+    /// Where priority `p`'s entry in `waiting` is, or would be inserted.
+    fn slot(&self, p: i64) -> Result<usize, usize> {
+        self.waiting.binary_search_by(|&(q, _)| p.cmp(&q))
     }
 
     pub(crate) fn push(&mut self, job: Arc<dyn Task>) {
         let key = job.header().key();
         let previous = self.jobs.insert(key, job);
         debug_assert!(previous.is_none(), "job ids are unique");
-        *self.waiting.entry(key.0).or_insert(0) += 1;
+        match self.slot(key.0 .0) {
+            Ok(i) => self.waiting[i].1 += 1,
+            Err(i) => self.waiting.insert(i, (key.0 .0, 1)),
+        }
     }
 
     fn left(&mut self, key: &QueueKey) {
-        if let Some(n) = self.waiting.get_mut(&key.0) {
-            *n -= 1;
-            if *n == 0 {
-                self.waiting.remove(&key.0);
+        if let Ok(i) = self.slot(key.0 .0) {
+            self.waiting[i].1 -= 1;
+            if self.waiting[i].1 == 0 {
+                self.waiting.remove(i);
             }
         }
     }

@@ -26,7 +26,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::admission::Load;
+use crate::admission::{self, Load};
 use crate::idle::Idle;
 use crate::pool::Shared;
 use crate::queue::Queue;
@@ -239,13 +239,14 @@ impl Sched {
         let state = self.pool(member);
         let load = Load {
             ahead: state.queue.ahead_of(priority),
+            running: state.running,
             threads: self.threads_for(member),
             run_mean: state.stats.run.mean(),
             run_std_dev: state.stats.run.std_dev(),
         };
         let elapsed = self
             .running_since(member)
-            .map(move |started| now.saturating_duration_since(started).as_secs_f64());
+            .map(move |started| admission::seconds(now.saturating_duration_since(started)));
         (load, elapsed)
     }
 

@@ -69,6 +69,10 @@ pub(crate) struct Ring {
     next: usize,
     sum: f64,
     sum_sq: f64,
+    /// `mean()` and `std_dev()`, kept current by `push`: predictive
+    /// admission reads them on every submit, a sample arrives once per job.
+    mean: f64,
+    std_dev: f64,
 }
 
 impl Ring {
@@ -78,6 +82,8 @@ impl Ring {
             next: 0,
             sum: 0.0,
             sum_sq: 0.0,
+            mean: 0.0,
+            std_dev: 0.0,
         }
     }
 
@@ -97,25 +103,19 @@ impl Ring {
             self.sum = self.samples.iter().sum();
             self.sum_sq = self.samples.iter().map(|x| x * x).sum();
         }
+        let n = self.samples.len() as f64;
+        self.mean = self.sum / n;
+        self.std_dev = (self.sum_sq / n - self.mean * self.mean).max(0.0).sqrt();
     }
 
     /// Mean of the samples; 0.0 when empty.
     pub(crate) fn mean(&self) -> f64 {
-        if self.samples.is_empty() {
-            0.0
-        } else {
-            self.sum / self.samples.len() as f64
-        }
+        self.mean
     }
 
     /// Standard deviation of the samples; 0.0 when empty.
     pub(crate) fn std_dev(&self) -> f64 {
-        if self.samples.is_empty() {
-            return 0.0;
-        }
-        let n = self.samples.len() as f64;
-        let mean = self.sum / n;
-        (self.sum_sq / n - mean * mean).max(0.0).sqrt()
+        self.std_dev
     }
 }
 
