@@ -73,6 +73,10 @@ fn predicted(pool: &Pool, priority: i64) -> Duration {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "reads wall-clock margins of 200 us that Miri's slowdown exceeds"
+)]
 fn a_job_that_would_start_after_its_deadline_is_refused_and_counted() {
     let pool = predictive("admit-refuse", 1);
     warm(&pool, 20);
@@ -101,6 +105,10 @@ fn a_job_that_would_start_after_its_deadline_is_refused_and_counted() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "reads wall-clock margins of 200 us that Miri's slowdown exceeds"
+)]
 fn the_prediction_grows_with_the_work_ahead_of_the_job() {
     let pool = predictive("admit-ahead", 1);
     warm(&pool, 20);
