@@ -3,7 +3,6 @@
 //! many by default, their OS priority, their per-thread Python state) for
 //! budgets and pools alike.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
@@ -13,10 +12,6 @@ use raptors_runtime::{Budget, BudgetConfig, ThreadHook};
 
 use crate::gil;
 use crate::timeout::Timeout;
-
-/// Identifies a set of worker threads (a budget, private or shared) for
-/// [`gil::is_worker_of`].
-static NEXT_THREADS_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Workers run this much "nicer" than the threads that submit to them, so
 /// that an event loop sharing the cores with a saturated pool is scheduled
@@ -98,8 +93,6 @@ pub fn threads_argument(threads: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u
 pub struct WorkerThreads {
     pub threads: usize,
     pub nice: i32,
-    /// For [`gil::is_worker_of`].
-    pub id: u64,
 }
 
 impl WorkerThreads {
@@ -120,20 +113,13 @@ impl WorkerThreads {
             }
             None => DEFAULT_NICE,
         };
-        Ok(WorkerThreads {
-            threads,
-            nice,
-            id: NEXT_THREADS_ID.fetch_add(1, Ordering::Relaxed),
-        })
+        Ok(WorkerThreads { threads, nice })
     }
 
     /// The start and stop hooks every Raptors worker runs.
     pub fn hooks(&self) -> (ThreadHook, ThreadHook) {
-        let (id, nice) = (self.id, self.nice);
-        let start: ThreadHook = Arc::new(move |_index| {
-            gil::worker_started(id);
-            lower_thread_priority(nice);
-        });
+        let nice = self.nice;
+        let start: ThreadHook = Arc::new(move |_index| lower_thread_priority(nice));
         let stop: ThreadHook = Arc::new(|_index| gil::worker_stopping());
         (start, stop)
     }
@@ -163,17 +149,12 @@ fn lower_thread_priority(nice: i32) {
 #[pyclass(subclass, frozen, module = "raptors._raptors")]
 pub struct BudgetCore {
     budget: Budget,
-    id: u64,
     nice: i32,
 }
 
 impl BudgetCore {
     pub fn runtime_budget(&self) -> &Budget {
         &self.budget
-    }
-
-    pub fn threads_id(&self) -> u64 {
-        self.id
     }
 
     pub fn nice_steps(&self) -> i32 {
@@ -199,7 +180,6 @@ impl BudgetCore {
         let budget = Budget::new(config).map_err(|err| PyValueError::new_err(err.to_string()))?;
         Ok(BudgetCore {
             budget,
-            id: workers.id,
             nice: workers.nice,
         })
     }
@@ -246,7 +226,7 @@ impl BudgetCore {
     /// Waits (GIL released, Ctrl-C honoured) until every worker exited.
     #[pyo3(signature = (timeout=None))]
     fn _join(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
-        if gil::is_worker_of(self.id) {
+        if self.budget.is_current_worker() {
             return Err(PyRuntimeError::new_err(format!(
                 "a job cannot wait for its own budget '{}' to finish: it would wait for itself",
                 self.budget.name()
@@ -259,7 +239,7 @@ impl BudgetCore {
 
     /// Whether the calling thread is one of this budget's workers.
     fn _is_worker_thread(&self) -> bool {
-        gil::is_worker_of(self.id)
+        self.budget.is_current_worker()
     }
 }
 

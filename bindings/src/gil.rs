@@ -69,8 +69,6 @@ struct WorkerThreadState {
 
 thread_local! {
     static WORKER_STATE: Cell<Option<WorkerThreadState>> = const { Cell::new(None) };
-    /// The id of the pool whose worker this thread is (0: not a worker).
-    static WORKER_OF: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Takes the GIL on a pool worker, keeping the thread's Python state alive
@@ -99,21 +97,15 @@ pub fn with_gil_on_worker<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> R {
 /// Takes the GIL on any thread: through [`with_gil_on_worker`] on a pool
 /// worker (keeping its thread state), plainly elsewhere.
 pub fn with_gil_here<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> R {
-    if WORKER_OF.with(Cell::get) != 0 {
+    if raptors_runtime::on_worker_thread() {
         with_gil_on_worker(f)
     } else {
         Python::with_gil(f)
     }
 }
 
-/// Marks the calling thread as a worker of the budget `threads_id`.
-pub fn worker_started(threads_id: u64) {
-    WORKER_OF.with(|w| w.set(threads_id));
-}
-
 /// Releases the thread state [`with_gil_on_worker`] kept, if any.
 pub fn worker_stopping() {
-    WORKER_OF.with(|w| w.set(0));
     if let Some(kept) = WORKER_STATE.with(Cell::take) {
         if EXITING.load(Ordering::Acquire) {
             return;
@@ -125,9 +117,4 @@ pub fn worker_stopping() {
             ffi::PyGILState_Release(kept.gilstate);
         }
     }
-}
-
-/// Whether the calling thread is a worker of the budget `threads_id`.
-pub fn is_worker_of(threads_id: u64) -> bool {
-    WORKER_OF.with(|w| w.get() == threads_id)
 }

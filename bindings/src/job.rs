@@ -75,11 +75,15 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
 }
 
 impl JobBase {
-    /// Wraps a freshly submitted runtime job in an `rp.Job` and registers
-    /// its completion hook.
-    pub fn create(py: Python<'_>, handle: RuntimeHandle, pool: Arc<str>) -> PyResult<Py<JobBase>> {
-        let listeners = Arc::new(Listeners::default());
-        let hook_listeners = Arc::clone(&listeners);
+    /// Wraps a freshly submitted runtime job in an `rp.Job`; `listeners`
+    /// are the ones whose [completion hook](Listeners::completion_hook) the
+    /// job was submitted with.
+    pub fn create(
+        py: Python<'_>,
+        handle: RuntimeHandle,
+        pool: Arc<str>,
+        listeners: Arc<Listeners>,
+    ) -> PyResult<Py<JobBase>> {
         let base = JobBase {
             handle: handle.clone(),
             pool,
@@ -97,7 +101,6 @@ impl JobBase {
                 PyClassInitializer::from(base).into_new_object(py, class.bind(py).as_type_ptr())?;
             Bound::from_owned_ptr(py, object).downcast_into_unchecked::<JobBase>()
         };
-        handle.on_complete(move || hook_listeners.fire());
         Ok(job.unbind())
     }
 

@@ -169,7 +169,14 @@ impl Listeners {
         Added::Pending
     }
 
-    /// The completion hook: runs once, on the thread that ends the job.
+    /// The completion hook to submit the job with (`Pool::submit_with_hook`):
+    /// fires the list once, on the thread that ends the job.
+    pub fn completion_hook(self: &Arc<Self>) -> impl FnOnce() + Send + 'static {
+        let listeners = Arc::clone(self);
+        move || listeners.fire()
+    }
+
+    /// Runs every listener: once, on the thread that ends the job.
     pub fn fire(&self) {
         let (callbacks, awaiters, waiters, job) = {
             let mut guard = self.0.lock();

@@ -14,6 +14,7 @@ use crate::errors;
 use crate::gil;
 use crate::job::JobBase;
 use crate::kernel::Kernel;
+use crate::listeners::Listeners;
 use crate::stats::PoolStats;
 use crate::task;
 use crate::timeout::Timeout;
@@ -25,7 +26,6 @@ pub struct PoolCore {
     admission: Admission,
     name: Arc<str>,
     /// Identifies the worker threads that run the pool's jobs (its budget's).
-    threads_id: u64,
     nice: i32,
 }
 
@@ -96,7 +96,7 @@ impl PoolCore {
         let weight = weight_argument(weight)?;
         let admission = admission_argument(admission)?;
         let build_error = |err: raptors_runtime::BuildError| PyValueError::new_err(err.to_string());
-        let (pool, threads_id, nice) = match budget.filter(|b| !b.is_none()) {
+        let (pool, nice) = match budget.filter(|b| !b.is_none()) {
             Some(budget) => {
                 let budget = budget.downcast::<BudgetCore>().map_err(|_| {
                     PyTypeError::new_err("budget must be an rp.Budget or an open budget's name")
@@ -113,7 +113,7 @@ impl PoolCore {
                     PoolConfig::new(name.clone(), cap, queue).on_budget(runtime_budget, weight);
                 config.admission = admission;
                 let pool = Pool::new(config).map_err(build_error)?;
-                (pool, budget.threads_id(), budget.nice_steps())
+                (pool, budget.nice_steps())
             }
             None => {
                 let workers = WorkerThreads::new(threads, nice)?;
@@ -123,14 +123,13 @@ impl PoolCore {
                 config.on_thread_stop = Some(stop);
                 config.admission = admission;
                 let pool = Pool::new(config).map_err(build_error)?;
-                (pool, workers.id, workers.nice)
+                (pool, workers.nice)
             }
         };
         Ok(PoolCore {
             pool,
             admission,
             name: name.into(),
-            threads_id,
             nice,
         })
     }
@@ -204,9 +203,12 @@ impl PoolCore {
             deadline: Timeout::parse("timeout", timeout)?.deadline(),
             token,
         };
+        let listeners = Arc::new(Listeners::default());
+        let hook = listeners.completion_hook();
         let submitted = if let Ok(kernel) = func.downcast::<Kernel>() {
             let prepared = kernel.get().prepare(py, args, kwargs)?;
-            self.pool.submit(options, task::kernel_call(prepared))
+            self.pool
+                .submit_with_hook(options, hook, task::kernel_call(prepared))
         } else {
             if !func.is_callable() {
                 return Err(PyTypeError::new_err(format!(
@@ -219,10 +221,10 @@ impl PoolCore {
                 args.clone().unbind(),
                 kwargs.map(|k| k.clone().unbind()),
             );
-            self.pool.submit(options, call)
+            self.pool.submit_with_hook(options, hook, call)
         };
         let handle = submitted.map_err(|err| errors::submit_error(py, &err))?;
-        JobBase::create(py, handle, Arc::clone(&self.name))
+        JobBase::create(py, handle, Arc::clone(&self.name), listeners)
     }
 
     /// A consistent snapshot of the pool's counters and timings.
@@ -240,7 +242,7 @@ impl PoolCore {
     /// and every worker exited. True if so before `timeout`.
     #[pyo3(signature = (timeout=None))]
     fn _join(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
-        if gil::is_worker_of(self.threads_id) {
+        if self.pool.is_current_worker() {
             return Err(PyRuntimeError::new_err(format!(
                 "a job cannot wait for its own pool '{}' to finish: it would wait for itself",
                 self.name
@@ -264,6 +266,6 @@ impl PoolCore {
 
     /// Whether the calling thread is one of the workers of this pool's budget.
     fn _is_worker_thread(&self) -> bool {
-        gil::is_worker_of(self.threads_id)
+        self.pool.is_current_worker()
     }
 }

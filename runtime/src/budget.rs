@@ -136,8 +136,15 @@ impl fmt::Debug for Budget {
 
 thread_local! {
     /// The budget whose worker this thread is (address of its
-    /// `BudgetShared`), so `join` can refuse to wait for its own thread.
+    /// `BudgetShared`; 0 on other threads): the one answer to "am I a
+    /// worker, and of which budget" (`join` refuses to wait for its own
+    /// thread; the bindings keep a worker's Python thread state).
     static WORKER_OF: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Whether the calling thread is a worker of some budget.
+pub fn on_worker_thread() -> bool {
+    WORKER_OF.with(|w| w.get() != 0)
 }
 
 impl Budget {
@@ -166,6 +173,7 @@ impl Budget {
             let shared: &BudgetShared = &worker_shared;
             WORKER_OF.with(|w| w.set(shared as *const BudgetShared as usize));
             worker::run(shared, ctx.index());
+            WORKER_OF.with(|w| w.set(0));
         });
         *shared.rayon.lock() = Some(rayon);
         Ok(Budget {

@@ -21,6 +21,11 @@
 //!   the job's small mutex at all; registering and publishing are RMWs on the
 //!   same word, which is what makes "every callback runs exactly once" hold
 //!   (see [`JobCore::on_complete`]).
+//! * The completion *hook*, given at submit, needs neither: it is written
+//!   before the job is shared and taken only by the publisher, which owns
+//!   the terminal transition. An event-loop bridge that is told of every
+//!   job's end (the bindings) uses the hook, so its jobs never touch the
+//!   mutex unless something blocks in [`JobHandle::wait`].
 
 use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};
@@ -134,7 +139,8 @@ fn status_of(code: u32) -> JobStatus {
     }
 }
 
-type Callback = Box<dyn FnOnce() + Send>;
+/// Code run once when a job ends: a completion hook or callback.
+pub type Callback = Box<dyn FnOnce() + Send>;
 
 /// State, outcome and completion hooks of one job.
 pub(crate) struct JobCore<T, E> {
@@ -143,6 +149,9 @@ pub(crate) struct JobCore<T, E> {
     /// Written once by the winner of the transition out of `queued` (or by
     /// the worker running the job) before `COMPLETE` is published.
     outcome: UnsafeCell<Option<Outcome<T, E>>>,
+    /// The completion hook given at submit: set before the job is shared,
+    /// taken by the publisher (the owner of the terminal transition).
+    hook: UnsafeCell<Option<Callback>>,
     /// Pending callbacks; also the mutex waiters sleep on.
     callbacks: Mutex<Vec<Callback>>,
     completed: Condvar,
@@ -166,10 +175,17 @@ impl<T, E> Default for JobCore<T, E> {
 impl<T, E> JobCore<T, E> {
     /// A queued job.
     pub(crate) fn new() -> Self {
+        Self::with_hook(None)
+    }
+
+    /// A queued job whose end runs `hook` (on the publishing thread, before
+    /// any callback registered later).
+    pub(crate) fn with_hook(hook: Option<Callback>) -> Self {
         JobCore {
             state: AtomicU32::new(QUEUED),
             access: AtomicU8::new(AVAILABLE),
             outcome: UnsafeCell::new(None),
+            hook: UnsafeCell::new(hook),
             callbacks: Mutex::new(Vec::new()),
             completed: Condvar::new(),
         }
@@ -279,8 +295,8 @@ impl<T, E> JobCore<T, E> {
 
     /// Flips the code from `from` to `to` and sets `COMPLETE` in one RMW
     /// (release: the stored outcome becomes visible), then wakes waiters and
-    /// runs callbacks. Returns how many callbacks panicked (each is caught;
-    /// the rest still run).
+    /// runs the hook and the callbacks. Returns how many of those panicked
+    /// (each is caught; the rest still run).
     ///
     /// # Safety
     /// The caller owns the terminal transition and stored the outcome.
@@ -288,8 +304,11 @@ impl<T, E> JobCore<T, E> {
         let to = code_of(to);
         let prev = self.state.fetch_xor(from ^ to ^ COMPLETE, Ordering::AcqRel);
         debug_assert_eq!(prev & (CODE_MASK | COMPLETE), from);
+        // SAFETY: only the owner of the terminal transition (us, by
+        // contract) touches the hook after the job was shared.
+        let hook = self.hook.with_mut(|hook| unsafe { (*hook).take() });
         if prev & (HAS_WAITERS | HAS_CALLBACKS) == 0 {
-            return 0;
+            return run_callbacks(hook);
         }
         let callbacks = {
             let mut guard = lock(&self.callbacks);
@@ -298,7 +317,7 @@ impl<T, E> JobCore<T, E> {
             }
             std::mem::take(&mut *guard)
         };
-        run_callbacks(callbacks)
+        run_callbacks(hook.into_iter().chain(callbacks))
     }
 
     /// Runs `f` exactly once after the job is terminal: now, on this thread,
@@ -376,7 +395,7 @@ impl<T, E> JobCore<T, E> {
 
 /// Runs every callback, catching panics so one bad callback neither stops
 /// the others nor unwinds into a worker. Returns how many panicked.
-fn run_callbacks(callbacks: Vec<Callback>) -> usize {
+fn run_callbacks(callbacks: impl IntoIterator<Item = Callback>) -> usize {
     callbacks
         .into_iter()
         .map(|f| panic::catch_unwind(AssertUnwindSafe(f)).is_err() as usize)

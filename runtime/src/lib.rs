@@ -81,10 +81,10 @@ mod token;
 mod worker;
 
 pub use admission::Admission;
-pub use budget::{Budget, BudgetConfig, BudgetStats, ThreadHook};
+pub use budget::{on_worker_thread, Budget, BudgetConfig, BudgetStats, ThreadHook};
 pub use context::JobContext;
 pub use error::{BuildError, SubmitError};
-pub use job::{panic_message, JobHandle, JobStatus, JobStop, Outcome};
+pub use job::{panic_message, Callback, JobHandle, JobStatus, JobStop, Outcome};
 pub use mailbox::Mailbox;
 pub use pool::{Pool, PoolConfig, SubmitOptions};
 pub use stats::PoolStats;

@@ -22,6 +22,13 @@ impl ModelJob {
         Self::default()
     }
 
+    /// A job submitted with a completion hook.
+    pub fn with_hook(hook: impl FnOnce() + Send + 'static) -> Self {
+        ModelJob {
+            core: JobCore::with_hook(Some(Box::new(hook))),
+        }
+    }
+
     pub fn try_start(&self) -> Option<Started<'_>> {
         self.core.try_start().then_some(Started(self))
     }

@@ -26,7 +26,7 @@ use crate::budget::{Budget, BudgetConfig, ThreadHook, DEFAULT_SPIN};
 use crate::context::JobContext;
 use crate::drain::Drain;
 use crate::error::{BuildError, SubmitError};
-use crate::job::{JobHandle, JobStatus, JobStop};
+use crate::job::{Callback, JobHandle, JobStatus, JobStop};
 use crate::queue::QueueKey;
 use crate::scheduler::{PoolState, Sched, Taken};
 use crate::stats::{Gauges, PoolStats, Stats};
@@ -267,6 +267,38 @@ impl Pool {
         T: Send + 'static,
         E: Send + 'static,
     {
+        self.submit_hooked(opts, None, f)
+    }
+
+    /// [`submit`](Self::submit), and `on_complete` runs exactly once when
+    /// the job ends, on the thread that ends it (before callbacks added with
+    /// [`JobHandle::on_complete`]). Costs no lock: what a bridge that is told
+    /// of every job's end uses. A refused submit drops it unrun.
+    pub fn submit_with_hook<T, E, F>(
+        &self,
+        opts: SubmitOptions,
+        on_complete: impl FnOnce() + Send + 'static,
+        f: F,
+    ) -> Result<JobHandle<T, E>, SubmitError>
+    where
+        F: FnOnce(&JobContext<'_>) -> Result<T, JobStop<E>> + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        self.submit_hooked(opts, Some(Box::new(on_complete)), f)
+    }
+
+    fn submit_hooked<T, E, F>(
+        &self,
+        opts: SubmitOptions,
+        hook: Option<Callback>,
+        f: F,
+    ) -> Result<JobHandle<T, E>, SubmitError>
+    where
+        F: FnOnce(&JobContext<'_>) -> Result<T, JobStop<E>> + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
         let shared = self.shared();
         if shared.inherited() {
             return Err(shared.closed_error());
@@ -288,6 +320,7 @@ impl Pool {
                 pool: Arc::downgrade(shared),
             },
             f,
+            hook,
         ));
         let task: Arc<dyn Task> = cell.clone();
         let header = task.header();
@@ -410,7 +443,7 @@ impl Pool {
         if shared.inherited() {
             return true; // its threads do not exist in this process
         }
-        if shared.budget.is_current_worker() {
+        if self.is_current_worker() {
             return false;
         }
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
@@ -422,6 +455,12 @@ impl Pool {
             return shared.budget.join(left);
         }
         true
+    }
+
+    /// Whether the calling thread is a worker of this pool's budget (a job
+    /// of this pool, or of another pool on the same budget, runs here).
+    pub fn is_current_worker(&self) -> bool {
+        self.shared().budget.is_current_worker()
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use crate::context::JobContext;
-use crate::job::{panic_message, JobCore, JobStatus, JobStop, Outcome};
+use crate::job::{panic_message, Callback, JobCore, JobStatus, JobStop, Outcome};
 use crate::pool::Shared;
 use crate::queue::QueueKey;
 use crate::sync::UnsafeCell;
@@ -82,10 +82,10 @@ where
     T: Send + 'static,
     E: Send + 'static,
 {
-    pub(crate) fn new(header: Header, func: F) -> Self {
+    pub(crate) fn new(header: Header, func: F, hook: Option<Callback>) -> Self {
         JobCell {
             header,
-            core: JobCore::new(),
+            core: JobCore::with_hook(hook),
             func: UnsafeCell::new(Some(func)),
         }
     }

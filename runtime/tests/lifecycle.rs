@@ -279,6 +279,103 @@ fn on_complete_runs_exactly_once_on_every_path() {
     assert_invariant(&pool.stats());
 }
 
+/// Submits `f` with a hook that bumps the returned counter.
+fn with_hook<F>(
+    pool: &Pool,
+    opts: SubmitOptions,
+    f: F,
+) -> (
+    Result<JobHandle<(), String>, raptors_runtime::SubmitError>,
+    Counter,
+)
+where
+    F: FnOnce(&raptors_runtime::JobContext<'_>) -> Result<(), JobStop<String>> + Send + 'static,
+{
+    let count = Counter::default();
+    let c = count.clone();
+    (pool.submit_with_hook(opts, move || c.bump(), f), count)
+}
+
+#[test]
+fn the_submit_hook_runs_exactly_once_on_every_path_and_never_for_a_refused_submit() {
+    let pool = pool("hooks", 1, 3);
+    let (gate, _busy) = occupy(&pool);
+    let ok = |_: &raptors_runtime::JobContext<'_>| -> Result<(), JobStop<String>> { Ok(()) };
+    let cancelled = CancelToken::new();
+    cancelled.cancel();
+    // Ended inside submit: its hook has run when submit returns.
+    let (early, early_hook) = with_hook(
+        &pool,
+        SubmitOptions {
+            token: Some(cancelled),
+            ..SubmitOptions::default()
+        },
+        ok,
+    );
+    assert_eq!(early.unwrap().status(), JobStatus::Cancelled);
+    assert_eq!(early_hook.get(), 1);
+
+    let (expiring, expiring_hook) = with_hook(
+        &pool,
+        SubmitOptions {
+            deadline: Some(Instant::now() + Duration::from_millis(20)),
+            ..SubmitOptions::default()
+        },
+        ok,
+    );
+    let (queued, queued_hook) = with_hook(&pool, SubmitOptions::default(), ok);
+    let (panicking, panicking_hook) =
+        with_hook(&pool, SubmitOptions::default(), |_| panic!("boom"));
+    // The queue (3) is full: refused, and its hook is dropped unrun.
+    let probe = Counter::default();
+    let dropped = DropProbe(probe.clone());
+    let refused_hook = Counter::default();
+    let r = refused_hook.clone();
+    let refused = pool.submit_with_hook(
+        SubmitOptions::default(),
+        move || {
+            let _keep = &dropped;
+            r.bump()
+        },
+        ok,
+    );
+    assert!(refused.is_err());
+    assert_eq!((refused_hook.get(), probe.get()), (0, 1));
+
+    let (expiring, queued, panicking) = (expiring.unwrap(), queued.unwrap(), panicking.unwrap());
+    assert!(expiring.wait(LIMIT));
+    assert!(queued.cancel());
+    let (late, late_hook) = with_hook(&pool, SubmitOptions::default(), ok);
+    let late = late.unwrap();
+    // A callback added later runs too, after the hook.
+    let extra = Counter::default();
+    let e = extra.clone();
+    late.on_complete(move || e.bump());
+    gate.open();
+    assert!(panicking.wait(LIMIT) && late.wait(LIMIT));
+    pool.close(false);
+    assert!(pool.join(LIMIT));
+    assert_eq!(
+        [&expiring, &queued, &panicking, &late].map(|j| j.status()),
+        [
+            JobStatus::Expired,
+            JobStatus::Cancelled,
+            JobStatus::Failed,
+            JobStatus::Done
+        ]
+    );
+    for hook in [
+        &expiring_hook,
+        &queued_hook,
+        &panicking_hook,
+        &late_hook,
+        &extra,
+    ] {
+        assert_eq!(hook.get(), 1);
+    }
+    assert_invariant(&pool.stats());
+}
+
 #[test]
 fn panicking_callbacks_are_caught_and_counted() {
     let pool = pool("callback-panic", 1, 8);

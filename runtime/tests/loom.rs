@@ -1,8 +1,8 @@
-//! Loom models of the job state machine: start vs cancel vs expire vs
-//! completion callbacks vs waiters vs outcome readers; the drain protocol
-//! of `Pool::join` (last publish vs close vs waiter); the mailbox's wake-up
-//! protocol (posts vs the asyncio hub's drain); and a token's
-//! register/cancel window (cancel vs submit vs a worker).
+//! Loom models of the job state machine: start vs cancel vs expire vs the
+//! submit hook and completion callbacks vs waiters vs outcome readers; the
+//! drain protocol of `Pool::join` (last publish vs close vs waiter); the
+//! mailbox's wake-up protocol (posts vs the asyncio hub's drain); and a
+//! token's register/cancel window (cancel vs submit vs a worker).
 //!
 //! `RUSTFLAGS="--cfg loom" cargo test -p raptors-runtime --test loom --release`
 #![cfg(loom)]
@@ -21,6 +21,37 @@ fn counter() -> (Arc<AtomicUsize>, impl FnOnce() + Send + 'static) {
     (count, move || {
         c.fetch_add(1, Ordering::SeqCst);
     })
+}
+
+#[test]
+fn start_races_cancel_and_the_submit_hook_runs_once_with_a_racing_callback() {
+    loom::model(|| {
+        let (hooks, hook) = counter();
+        let (calls, callback) = counter();
+        let job = Arc::new(ModelJob::with_hook(hook));
+        let worker = {
+            let job = Arc::clone(&job);
+            thread::spawn(move || {
+                if let Some(started) = job.try_start() {
+                    started.finish(Outcome::Done(7));
+                }
+            })
+        };
+        let canceller = {
+            let job = Arc::clone(&job);
+            thread::spawn(move || {
+                if let Some(claimed) = job.try_cancel() {
+                    claimed.finish();
+                }
+            })
+        };
+        job.on_complete(callback);
+        worker.join().unwrap();
+        canceller.join().unwrap();
+        assert!(job.is_terminal());
+        assert_eq!(hooks.load(Ordering::SeqCst), 1);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    });
 }
 
 #[test]
