@@ -233,11 +233,15 @@ class TenantPools:
         self,
         template: TenantTemplate | Mapping[str, Any] | None = None,
         in_use: Callable[[rp.Pool], bool] | None = None,
+        on_evict: Callable[[str, rp.Pool], None] | None = None,
     ) -> None:
         self.template = TenantTemplate.coerce(template or {})
         # Work for a pool that it does not hold yet (items waiting in a
         # Batcher): a pool with such work is not idle, whatever its stats say.
         self._in_use = in_use
+        # Told (tenant, pool) after an idle pool is evicted and closed, under
+        # this object's lock: it must not call back into it.
+        self._on_evict = on_evict
         self._lock = threading.Lock()
         self._tenants: dict[str, _Tenant] = {}
         self._overflow: rp.Pool | None = None
@@ -374,6 +378,8 @@ class TenantPools:
         # budget, the other tenants' pools keep its threads.
         entry.pool.close(wait=False)
         self.evicted += 1
+        if self._on_evict is not None:
+            self._on_evict(tenant, entry.pool)
 
     def _sweep_locked(self, now: float) -> None:
         self._last_sweep = now

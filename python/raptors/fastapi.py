@@ -71,7 +71,12 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 # The parts, each in its own module (imported once the extra is known to be there).
 from raptors._disconnect import ClientDisconnected, _DisconnectWatch
-from raptors._metrics import RaptorsCollector
+from raptors._metrics import (
+    MultiProcessWriter,
+    RaptorsCollector,
+    mark_dead_workers,
+    multiprocess_dir,
+)
 from raptors._tenants import (
     Admission,  # noqa: F401 - the type of PoolConfig.admission, still importable from here
     PoolConfig,
@@ -145,6 +150,7 @@ class Raptors:
         stream_path: str | None = "/stats/stream",
         dashboard_path: str | None = "/dashboard",
         stream_interval: float = 0.5,
+        metrics_interval: float = 1.0,
     ) -> None:
         if isinstance(pools, Mapping):
             configs = [PoolConfig.coerce({"name": n, **dict(c)}) for n, c in pools.items()]
@@ -154,7 +160,9 @@ class Raptors:
         if len(set(names)) != len(names):
             raise ValueError(f"pool names must be unique: {names}")
         self.configs = configs
-        self.tenants = TenantPools(tenants, self._in_use) if tenants is not None else None
+        self.tenants = (
+            TenantPools(tenants, self._in_use, self._retired) if tenants is not None else None
+        )
         self.default_timeout = default_timeout
         if disconnect_grace < 0:
             raise ValueError("disconnect_grace must be >= 0")
@@ -170,14 +178,27 @@ class Raptors:
         self._dashboard_page: bytes | None = None
         self.batchers: dict[str, Batcher] = {}
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(RaptorsCollector(self))
+        # Several worker processes (PROMETHEUS_MULTIPROC_DIR set): each writes
+        # its stats to prometheus_client's files every metrics_interval
+        # seconds, and /metrics merges every worker's (see raptors._metrics).
+        self.multiprocess_dir = multiprocess_dir()
+        self.metrics_writer: MultiProcessWriter | None = None
+        if self.multiprocess_dir is None:
+            self.registry.register(RaptorsCollector(self))
+        else:
+            from prometheus_client import multiprocess
+
+            self.metrics_writer = MultiProcessWriter(self, metrics_interval)
+            multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
+                self.registry, path=self.multiprocess_dir
+            )
 
     # -- lifecycle -------------------------------------------------------
 
     def open(self) -> None:
         """Create the configured pools (the lifespan calls this)."""
         if self.tenants is not None and self.tenants._closed:
-            self.tenants = TenantPools(self.tenants.template, self._in_use)
+            self.tenants = TenantPools(self.tenants.template, self._in_use, self._retired)
         if self.stream.closed:
             self.stream = StatsBroadcaster(self.stats_snapshot, self.stream_interval)
         try:
@@ -191,6 +212,8 @@ class Raptors:
                     nice=cfg.nice,
                     admission=cfg.admission,
                 )
+            if self.metrics_writer is not None:
+                self.metrics_writer.start()
         except BaseException:
             self.close(wait=False)
             raise
@@ -199,11 +222,18 @@ class Raptors:
         """Stop accepting work, let accepted jobs finish (``wait=True``), close
         every pool, then the tenant budget."""
         pools, self._pools = list(self._pools.values()), {}
+        retired = [("", pool) for pool in pools]
         budget = None
         if self.tenants is not None:
+            retired += list(self.tenants.pools().items())
             pools += self.tenants.detach_all()
             budget = self.tenants.detach_budget()
+        for tenant, pool in retired:
+            self._retired(tenant, pool)
         _close_all(pools, budget, wait)
+        if self.metrics_writer is not None:
+            # The closed pools' last counts; zero gauges for what is gone.
+            self.metrics_writer.stop()
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
@@ -249,6 +279,12 @@ class Raptors:
             raise ValueError(f"a batcher named {name!r} is already registered")
         self.batchers[name] = batcher
         return batcher
+
+    def _retired(self, tenant: str, pool: rp.Pool) -> None:
+        """A pool closed (evicted, or at shutdown): its last counts still go
+        to the multiprocess metrics, however soon after its creation."""
+        if self.metrics_writer is not None:
+            self.metrics_writer.retire(tenant, pool)
 
     def _in_use(self, pool: rp.Pool) -> bool:
         """Whether a registered batcher holds work for ``pool``."""
@@ -431,6 +467,12 @@ class Raptors:
         )
 
     def metrics_text(self) -> bytes:
+        """The Prometheus text of every pool; with several worker processes,
+        merged over every live worker (this one's stats written first, and
+        workers that died without a clean exit marked dead)."""
+        if self.metrics_writer is not None and self.multiprocess_dir is not None:
+            self.metrics_writer.refresh()
+            mark_dead_workers(self.multiprocess_dir)
         return generate_latest(self.registry)
 
     async def metrics_response(self) -> Response:
