@@ -1045,3 +1045,65 @@ def test_every_series_has_one_name_and_a_multiprocess_mode():
             assert s.mode in ("livesum", "livemax", "liveall")
         if s.unit == "s":
             assert s.name.endswith("_seconds")
+
+
+class _FakeMeter:
+    """Records the observable instruments made on it (the OpenTelemetry API
+    without an SDK collects nothing)."""
+
+    def __init__(self) -> None:
+        self.instruments: dict[str, tuple[str, str, list]] = {}
+
+    def _make(self, kind: str, name: str, callbacks=None, unit: str = "", description: str = ""):
+        self.instruments[name] = (kind, unit, list(callbacks or []))
+        return name
+
+    def create_observable_gauge(self, name, callbacks=None, unit="", description=""):
+        return self._make("gauge", name, callbacks, unit, description)
+
+    def create_observable_counter(self, name, callbacks=None, unit="", description=""):
+        return self._make("counter", name, callbacks, unit, description)
+
+    def collect(self) -> dict[str, list[tuple[float, dict]]]:
+        from opentelemetry.metrics import CallbackOptions
+
+        out = {}
+        for name, (_, _, callbacks) in self.instruments.items():
+            out[name] = [
+                (o.value, dict(o.attributes)) for cb in callbacks for o in cb(CallbackOptions())
+            ]
+        return out
+
+
+def test_opentelemetry_instruments_carry_the_same_numbers():
+    pytest.importorskip("opentelemetry.metrics")
+    name = uniq("otel")
+    rx, app = tenant_app(budget_threads=1, max_tenants=1)
+    rx.configs.append(PoolConfig(name, threads=1, queue=8))
+    meter = _FakeMeter()
+    assert rx.instrument_opentelemetry(meter) is rx.instrument_opentelemetry(meter)
+    rx.otel.max_age = 0.0  # a fresh snapshot for every collection
+    with TestClient(app):
+        for _ in range(3):
+            rx.get(name).submit(sum, [1]).result(timeout=HANG)
+        prefix = rx.tenants.template.prefix
+        # max_tenants=1: each evicts the other; globex's pool and acme's
+        # first one come and go between two collections.
+        for tenant in ("acme", "globex", "acme"):
+            rx.tenants.get(tenant).submit(sum, [2]).result(timeout=HANG)
+        seen = meter.collect()
+        assert rx.tenants.evicted == 2
+    assert meter.instruments["raptors.pool.queue.capacity"][:2] == ("gauge", "{job}")
+    assert meter.instruments["raptors.pool.job.completed"][:2] == ("counter", "{job}")
+    plain = {"raptors.pool.name": name}
+    assert (8.0, plain) in seen["raptors.pool.queue.capacity"]
+    assert (3.0, plain) in seen["raptors.pool.job.completed"]
+    completed = {a.get("raptors.tenant.id"): v for v, a in seen["raptors.pool.job.completed"]}
+    # Totals never go back: the evicted pools, never seen open, still count.
+    assert completed["acme"] == 2.0 and completed["globex"] == 1.0
+    capacity = {a.get("raptors.tenant.id"): v for v, a in seen["raptors.pool.queue.capacity"]}
+    assert "globex" not in capacity  # gauges: only open pools
+    budget = {"raptors.budget.name": prefix + "budget"}
+    assert (1.0, budget) in seen["raptors.budget.thread.limit"]
+    acme = {"raptors.pool.name": prefix + "acme", "raptors.tenant.id": "acme", **budget}
+    assert any(a == {**acme, "quantile": "0.99"} for _, a in seen["raptors.pool.job.wait.duration"])

@@ -27,7 +27,8 @@ import math
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import Counter, Gauge
@@ -546,3 +547,98 @@ def mark_dead_workers(path: str) -> list[int]:
             multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
             dead.append(pid)
     return dead
+
+
+# -- OpenTelemetry -------------------------------------------------------------
+
+OTEL_ATTRIBUTES = {
+    "pool": "raptors.pool.name",
+    "tenant": "raptors.tenant.id",
+    "budget": "raptors.budget.name",
+    "batcher": "raptors.batcher.name",
+    "quantile": "quantile",
+}
+
+
+def _attributes(scope: Scope, labels: Labels) -> dict[str, str]:
+    """OpenTelemetry attributes of a series: its labels renamed, empty ones left out."""
+    return {OTEL_ATTRIBUTES[k]: v for k, v in zip(LABELS[scope], labels, strict=True) if v}
+
+
+class OpenTelemetryMetrics:
+    """The ``SERIES`` as OpenTelemetry observable instruments on ``meter``
+    (default: ``opentelemetry.metrics.get_meter("raptors")``), named by their
+    ``otel`` column. Each collection reads the app's stats once (the
+    callbacks of one collection share a snapshot younger than ``max_age``
+    seconds); counters report this process's totals, which never go back
+    when a pool closes. Every process exports its own: an OpenTelemetry
+    backend adds them up by the process resource attributes."""
+
+    def __init__(self, owner: Raptors, meter: Any = None, max_age: float = 0.05) -> None:
+        from opentelemetry import metrics as otel
+
+        self.owner = owner
+        self.meter = meter if meter is not None else otel.get_meter("raptors")
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._counts = _Counts()
+        self._totals: dict[tuple[str, Labels], float] = {}
+        self._snap: Snapshot | None = None
+        self._taken = -math.inf
+        self._retired: collections.deque[tuple[str, rp.Pool]] = collections.deque()
+        self.instruments: list[Any] = []
+        for s in SERIES:
+            create = (
+                self.meter.create_observable_gauge
+                if s.kind == "gauge"
+                else self.meter.create_observable_counter
+            )
+            self.instruments.append(
+                create(s.otel, callbacks=[self._callback(s)], unit=s.unit, description=s.doc)
+            )
+
+    def retire(self, tenant: str, pool: rp.Pool) -> None:
+        """``pool`` was closed: its last counts go into the totals (no lock)."""
+        self._retired.append((tenant, pool))
+
+    def _callback(self, series: Series) -> Callable[[Any], list[Any]]:
+        def observe(options: Any) -> list[Any]:
+            return self.observe(series)
+
+        return observe
+
+    def _current(self) -> Snapshot:
+        with self._lock:
+            now = time.monotonic()
+            if self._snap is None or now - self._taken > self.max_age:
+                snap = snapshot(self.owner)
+                retired = []
+                while self._retired:
+                    retired.append(self._retired.popleft())
+                deltas, _ = self._counts.update(snap, retired)
+                for s, labels, delta in deltas:
+                    key = (s.name, labels)
+                    self._totals[key] = self._totals.get(key, 0.0) + delta
+                self._snap, self._taken = snap, now
+            return self._snap
+
+    def observe(self, series: Series) -> list[Any]:
+        """The observations of one instrument now."""
+        from opentelemetry.metrics import Observation
+
+        snap = self._current()
+        scope = series.scope
+        if series.kind == "counter":
+            with self._lock:
+                totals = [(k[1], v) for k, v in self._totals.items() if k[0] == series.name]
+            return [Observation(v, _attributes(scope, labels)) for labels, v in totals]
+        if scope == "quantile":
+            return [
+                Observation(v, _attributes(scope, (*row.labels, q)))
+                for row in snap.pools
+                for q, v in row.quantiles[series.field].items()
+            ]
+        return [
+            Observation(values[series.field], _attributes(scope, labels))
+            for labels, values in _rows(snap, scope)
+        ]

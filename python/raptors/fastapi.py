@@ -73,6 +73,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from raptors._disconnect import ClientDisconnected, _DisconnectWatch
 from raptors._metrics import (
     MultiProcessWriter,
+    OpenTelemetryMetrics,
     RaptorsCollector,
     mark_dead_workers,
     multiprocess_dir,
@@ -183,6 +184,7 @@ class Raptors:
         # seconds, and /metrics merges every worker's (see raptors._metrics).
         self.multiprocess_dir = multiprocess_dir()
         self.metrics_writer: MultiProcessWriter | None = None
+        self.otel: OpenTelemetryMetrics | None = None
         if self.multiprocess_dir is None:
             self.registry.register(RaptorsCollector(self))
         else:
@@ -280,11 +282,21 @@ class Raptors:
         self.batchers[name] = batcher
         return batcher
 
+    def instrument_opentelemetry(self, meter: Any = None) -> OpenTelemetryMetrics:
+        """Export the /metrics series as OpenTelemetry observable instruments
+        on ``meter`` (default: the global meter provider's ``"raptors"``
+        meter); needs ``opentelemetry-api``. Call it once per app."""
+        if self.otel is None:
+            self.otel = OpenTelemetryMetrics(self, meter)
+        return self.otel
+
     def _retired(self, tenant: str, pool: rp.Pool) -> None:
         """A pool closed (evicted, or at shutdown): its last counts still go
         to the multiprocess metrics, however soon after its creation."""
         if self.metrics_writer is not None:
             self.metrics_writer.retire(tenant, pool)
+        if self.otel is not None:
+            self.otel.retire(tenant, pool)
 
     def _in_use(self, pool: rp.Pool) -> bool:
         """Whether a registered batcher holds work for ``pool``."""
