@@ -25,7 +25,8 @@ This module holds the app (``Raptors``: lifespan, dependencies, ``run`` and
 a module named for what it holds: ``raptors._tenants`` (``PoolConfig``,
 ``TenantTemplate``, ``TenantPools``), ``raptors._disconnect``
 (``ClientDisconnected`` and the disconnect watcher) and ``raptors._metrics``
-(``RaptorsCollector``). Import them from ``raptors.fastapi``.
+(``RaptorsCollector``, and the metrics of several worker processes when
+``PROMETHEUS_MULTIPROC_DIR`` is set). Import them from ``raptors.fastapi``.
 
 Invariants kept here:
 
@@ -488,6 +489,11 @@ class Raptors:
         return generate_latest(self.registry)
 
     async def metrics_response(self) -> Response:
+        if self.metrics_writer is not None:
+            # Merging every worker's files takes milliseconds: off the loop.
+            return Response(
+                await asyncio.to_thread(self.metrics_text), media_type=CONTENT_TYPE_LATEST
+            )
         return Response(self.metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
 
