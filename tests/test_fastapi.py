@@ -493,7 +493,8 @@ def test_metrics_parse_and_carry_the_numbers():
     for family in text_string_to_metric_families(r.text):
         for s in family.samples:
             samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    lab = (("pool", name), ("tenant", ""))
+    # Every pool series names its pool, tenant and budget ("": own threads).
+    lab = (("budget", ""), ("pool", name), ("tenant", ""))
     assert samples[("raptors_jobs_submitted_total", lab)] == 5
     assert samples[("raptors_jobs_completed_total", lab)] == 2
     assert samples[("raptors_jobs_failed_total", lab)] == 1
@@ -503,11 +504,19 @@ def test_metrics_parse_and_carry_the_numbers():
     assert samples[("raptors_pool_threads", lab)] == 1
     assert samples[("raptors_pool_queue_capacity", lab)] == 1
     assert 0.0 <= samples[("raptors_pool_utilization", lab)] <= 1.0
+    # One queued behind one running on one thread: two run times to wait.
+    run_mean = samples[("raptors_pool_run_mean_seconds", lab)]
+    assert run_mean > 0.0
+    assert samples[("raptors_pool_predicted_wait_seconds", lab)] == pytest.approx(2 * run_mean)
     for kind in ("wait", "run"):
         for q in ("0.5", "0.99"):
             key = tuple(sorted((*lab, ("quantile", q))))
             assert samples[(f"raptors_job_{kind}_seconds", key)] >= 0.0
-    tenant_lab = (("pool", rx.tenants.template.prefix + "acme"), ("tenant", "acme"))
+    tenant_lab = (
+        ("budget", rx.tenants.template.prefix + "budget"),
+        ("pool", rx.tenants.template.prefix + "acme"),
+        ("tenant", "acme"),
+    )
     assert samples[("raptors_jobs_completed_total", tenant_lab)] == 1
 
 
@@ -961,9 +970,9 @@ def test_stats_and_metrics_show_the_budget_and_each_tenant_share():
     assert 0.0 < samples[("raptors_budget_utilization", lab)] <= 1.0
     share = (("budget", budget.name), ("pool", acme.name), ("tenant", "acme"))
     assert samples[("raptors_pool_share", share)] == pytest.approx(1.0)
-    # Only pools on a budget have a share; the pool gauges keep their labels.
+    # Only pools on a budget have a share; every pool gauge has the same labels.
     assert [k for k in samples if k[0] == "raptors_pool_share"] == [("raptors_pool_share", share)]
-    assert samples[("raptors_pool_threads", (("pool", acme.name), ("tenant", "acme")))] == 1
+    assert samples[("raptors_pool_threads", share)] == 1
 
 
 def test_tenant_template_validates_the_budget_fields():
@@ -1008,3 +1017,93 @@ async def test_a_batcher_has_no_cross_pool_cap_by_default():
         gate.set()
         assert await asyncio.wait_for(asyncio.gather(*futs), HANG) == ["n0", "n1", "n2", "q"]
         assert await asyncio.wait_for(held, HANG) is True
+
+
+def test_predicted_wait_is_zero_while_a_thread_is_free():
+    from types import SimpleNamespace
+
+    from raptors._metrics import predicted_wait
+
+    def st(queued: int, running: int, threads: int = 2, run_mean: float = 0.5):
+        return SimpleNamespace(queued=queued, running=running, threads=threads, run_mean=run_mean)
+
+    assert predicted_wait(st(0, 1)) == 0.0
+    assert predicted_wait(st(0, 2)) == pytest.approx(0.25)  # the next of 2 running ends
+    assert predicted_wait(st(3, 2)) == pytest.approx(1.0)  # 4 ends on 2 threads
+    assert predicted_wait(st(3, 2, run_mean=math.nan)) == 0.0
+
+
+def test_every_series_has_one_name_and_a_multiprocess_mode():
+    from raptors._metrics import SERIES
+
+    names = [s.name for s in SERIES]
+    assert len(set(names)) == len(names) and len({s.otel for s in SERIES}) == len(SERIES)
+    for s in SERIES:
+        assert s.name.startswith("raptors_") and not s.name.endswith("_total")
+        assert s.otel.startswith("raptors.")
+        if s.kind == "gauge":
+            assert s.mode in ("livesum", "livemax", "liveall")
+        if s.unit == "s":
+            assert s.name.endswith("_seconds")
+
+
+class _FakeMeter:
+    """Records the observable instruments made on it (the OpenTelemetry API
+    without an SDK collects nothing)."""
+
+    def __init__(self) -> None:
+        self.instruments: dict[str, tuple[str, str, list]] = {}
+
+    def _make(self, kind: str, name: str, callbacks=None, unit: str = "", description: str = ""):
+        self.instruments[name] = (kind, unit, list(callbacks or []))
+        return name
+
+    def create_observable_gauge(self, name, callbacks=None, unit="", description=""):
+        return self._make("gauge", name, callbacks, unit, description)
+
+    def create_observable_counter(self, name, callbacks=None, unit="", description=""):
+        return self._make("counter", name, callbacks, unit, description)
+
+    def collect(self) -> dict[str, list[tuple[float, dict]]]:
+        from opentelemetry.metrics import CallbackOptions
+
+        out = {}
+        for name, (_, _, callbacks) in self.instruments.items():
+            out[name] = [
+                (o.value, dict(o.attributes)) for cb in callbacks for o in cb(CallbackOptions())
+            ]
+        return out
+
+
+def test_opentelemetry_instruments_carry_the_same_numbers():
+    pytest.importorskip("opentelemetry.metrics")
+    name = uniq("otel")
+    rx, app = tenant_app(budget_threads=1, max_tenants=1)
+    rx.configs.append(PoolConfig(name, threads=1, queue=8))
+    meter = _FakeMeter()
+    assert rx.instrument_opentelemetry(meter) is rx.instrument_opentelemetry(meter)
+    rx.otel.max_age = 0.0  # a fresh snapshot for every collection
+    with TestClient(app):
+        for _ in range(3):
+            rx.get(name).submit(sum, [1]).result(timeout=HANG)
+        prefix = rx.tenants.template.prefix
+        # max_tenants=1: each evicts the other; globex's pool and acme's
+        # first one come and go between two collections.
+        for tenant in ("acme", "globex", "acme"):
+            rx.tenants.get(tenant).submit(sum, [2]).result(timeout=HANG)
+        seen = meter.collect()
+        assert rx.tenants.evicted == 2
+    assert meter.instruments["raptors.pool.queue.capacity"][:2] == ("gauge", "{job}")
+    assert meter.instruments["raptors.pool.job.completed"][:2] == ("counter", "{job}")
+    plain = {"raptors.pool.name": name}
+    assert (8.0, plain) in seen["raptors.pool.queue.capacity"]
+    assert (3.0, plain) in seen["raptors.pool.job.completed"]
+    completed = {a.get("raptors.tenant.id"): v for v, a in seen["raptors.pool.job.completed"]}
+    # Totals never go back: the evicted pools, never seen open, still count.
+    assert completed["acme"] == 2.0 and completed["globex"] == 1.0
+    capacity = {a.get("raptors.tenant.id"): v for v, a in seen["raptors.pool.queue.capacity"]}
+    assert "globex" not in capacity  # gauges: only open pools
+    budget = {"raptors.budget.name": prefix + "budget"}
+    assert (1.0, budget) in seen["raptors.budget.thread.limit"]
+    acme = {"raptors.pool.name": prefix + "acme", "raptors.tenant.id": "acme", **budget}
+    assert any(a == {**acme, "quantile": "0.99"} for _, a in seen["raptors.pool.job.wait.duration"])

@@ -20,6 +20,14 @@ A ten-line service::
     async def dot(request: Request, pool: rp.Pool = Depends(rx.pool("scoring"))):
         return {"dot": float(await rx.run(request, pool, rp.dot, [1.0, 2.0], [3.0, 4.0]))}
 
+This module holds the app (``Raptors``: lifespan, dependencies, ``run`` and
+``wait``, the error handlers and routes) and re-exports the parts, each in
+a module named for what it holds: ``raptors._tenants`` (``PoolConfig``,
+``TenantTemplate``, ``TenantPools``), ``raptors._disconnect``
+(``ClientDisconnected`` and the disconnect watcher) and ``raptors._metrics``
+(``RaptorsCollector``, and the metrics of several worker processes when
+``PROMETHEUS_MULTIPROC_DIR`` is set). Import them from ``raptors.fastapi``.
+
 Invariants kept here:
 
 * Every pool this module creates is closed by the lifespan's exit (or by
@@ -42,22 +50,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import math
-import operator
 import os
-import re
-import threading
-import time
-import types
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 import raptors as rp
 from raptors._dashboard import StatsBroadcaster, dashboard_html
 from raptors.batch import Batcher
-
-Admission = Literal["bounded", "predictive"]
 
 _EXTRA_HINT = 'raptors.fastapi needs FastAPI and prometheus_client: pip install "raptors[fastapi]"'
 
@@ -65,11 +65,29 @@ try:
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.responses import JSONResponse, Response, StreamingResponse
     from prometheus_client import CollectorRegistry
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
     from starlette.requests import ClientDisconnect
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(f"{_EXTRA_HINT} ({exc})") from exc
+
+# The parts, each in its own module (imported once the extra is known to be there).
+from raptors._disconnect import ClientDisconnected, _DisconnectWatch
+from raptors._metrics import (
+    MultiProcessWriter,
+    OpenTelemetryMetrics,
+    RaptorsCollector,
+    mark_dead_workers,
+    multiprocess_dir,
+)
+from raptors._tenants import (
+    Admission,  # noqa: F401 - the type of PoolConfig.admission, still importable from here
+    PoolConfig,
+    TenantLimitReached,
+    TenantPools,
+    TenantTemplate,
+    _close_all,
+    default_budget_threads,
+)
 
 __all__ = [
     "Batcher",
@@ -87,463 +105,6 @@ __all__ = [
 # HTTP status for "client closed request" (nginx convention); the client never
 # reads it, but access logs and tests do.
 CLIENT_CLOSED_REQUEST = 499
-
-_TENANT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-
-
-@dataclasses.dataclass(frozen=True)
-class PoolConfig:
-    """Plain configuration of one named pool (see ``rp.Pool``)."""
-
-    name: str
-    threads: int | None = None
-    queue: int = 1024
-    nice: int | None = None
-    admission: Admission = "bounded"
-
-    @classmethod
-    def coerce(cls, value: PoolConfig | Mapping[str, Any]) -> PoolConfig:
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, Mapping):
-            unknown = set(value) - {"name", "threads", "queue", "nice", "admission"}
-            if unknown:
-                raise ValueError(f"pool config: unknown keys {sorted(unknown)}")
-            return cls(**value)
-        raise TypeError(f"pool config must be a PoolConfig or a dict, not {type(value).__name__}")
-
-
-def default_budget_threads() -> int:
-    """The tenant budget's default size: the usable cores (CPU affinity and
-    quota applied, as ``threads=None`` counts them) minus one, so the event
-    loop keeps a core; at least 1."""
-    return max(1, rp._raptors._usable_cores() - 1)
-
-
-def _check_count(name: str, value: object) -> None:
-    """``value`` is None or an int >= 1 (not a bool)."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int or None, not {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-
-
-def _check_weight(name: str, value: object) -> float:
-    """``value`` as a weight: a finite int or float > 0 (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be an int or a float, not {type(value).__name__}")
-    try:
-        weight = float(value)
-    except OverflowError:
-        weight = math.inf
-    if not (math.isfinite(weight) and weight > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return weight
-
-
-@dataclasses.dataclass(frozen=True)
-class TenantTemplate:
-    """How tenant pools are made and bounded.
-
-    With ``budget=True`` (the default) every tenant pool, and the overflow
-    pool, runs on one shared ``rp.Budget`` named ``prefix + "budget"`` of
-    ``budget_threads`` native threads (``None``: the usable cores minus one,
-    at least 1, so the event loop keeps a core): tenants own no threads, and
-    the budget shares its threads between busy tenants in proportion to
-    their weights. ``weights`` gives a tenant's weight: a mapping of tenant
-    id to weight (tenants not in it get ``default_weight``) or a callable
-    ``tenant -> weight`` (returning ``None`` means ``default_weight``),
-    called once when the tenant's pool is created. ``threads`` is then the
-    per-tenant cap, the most of the budget's threads one tenant's jobs occupy
-    at once (``None``: all of them).
-
-    With ``budget=False`` each tenant pool owns ``threads`` worker threads
-    (``None``: 1) and competes with the others through the OS scheduler;
-    ``weights`` and ``default_weight`` then have no effect.
-
-    ``overflow`` decides what happens to a new tenant once ``max_tenants``
-    pools exist and none is idle enough to evict: ``"reject"`` answers HTTP
-    429, ``"shared"`` sends it to one shared overflow pool (built from the same
-    template, weight ``default_weight``) so it is served, without isolation
-    from other overflow tenants.
-    """
-
-    threads: int | None = None
-    queue: int = 64
-    nice: int | None = None
-    max_tenants: int = 64
-    idle_timeout: float = 300.0
-    overflow: str = "reject"
-    header: str = "X-Tenant"
-    default_tenant: str = "default"
-    prefix: str = "tenant-"
-    budget: bool = True
-    budget_threads: int | None = None
-    # Not hashed: a mapping is not hashable, and the template stays so.
-    weights: Mapping[str, float] | Callable[[str], float | None] | None = dataclasses.field(
-        default=None, hash=False
-    )
-    default_weight: float = 1.0
-    admission: Admission = "bounded"
-
-    def __post_init__(self) -> None:
-        if self.admission not in ("bounded", "predictive"):
-            raise ValueError(f"admission must be 'bounded' or 'predictive', not {self.admission!r}")
-        if self.overflow not in ("reject", "shared"):
-            raise ValueError(f"overflow must be 'reject' or 'shared', not {self.overflow!r}")
-        if self.max_tenants < 1:
-            raise ValueError("max_tenants must be >= 1")
-        if self.idle_timeout <= 0:
-            raise ValueError("idle_timeout must be > 0")
-        if not isinstance(self.budget, bool):
-            raise TypeError(f"budget must be True or False, not {type(self.budget).__name__}")
-        _check_count("threads", self.threads)
-        _check_count("budget_threads", self.budget_threads)
-        if not self.budget and self.budget_threads is not None:
-            raise ValueError(
-                "budget_threads sizes the shared tenant budget: it needs budget=True "
-                "(with budget=False, threads is each tenant pool's own threads)"
-            )
-        if (
-            self.budget
-            and self.threads is not None
-            and self.budget_threads is not None
-            and self.threads > self.budget_threads
-        ):
-            raise ValueError(
-                f"threads={self.threads} (the per-tenant cap on the budget) is more than "
-                f"budget_threads={self.budget_threads}"
-            )
-        _check_weight("default_weight", self.default_weight)
-        weights = self.weights
-        if isinstance(weights, Mapping):
-            checked: dict[str, float] = {}
-            for tenant, weight in weights.items():
-                if not isinstance(tenant, str):
-                    raise TypeError(
-                        f"weights keys must be tenant ids (str), not {type(tenant).__name__}"
-                    )
-                checked[tenant] = _check_weight(f"weights[{tenant!r}]", weight)
-            # A read-only copy: the template is frozen, its weights too.
-            object.__setattr__(self, "weights", types.MappingProxyType(checked))
-        elif weights is not None and not callable(weights):
-            raise TypeError(
-                "weights must be a mapping of tenant id to weight, a callable "
-                f"tenant -> weight, or None, not {type(weights).__name__}"
-            )
-
-    def weight_of(self, tenant: str) -> float:
-        """The weight of ``tenant``'s pool on the budget."""
-        weights = self.weights
-        if weights is None:
-            return float(self.default_weight)
-        if isinstance(weights, Mapping):
-            return float(weights.get(tenant, self.default_weight))
-        weight = weights(tenant)
-        if weight is None:
-            return float(self.default_weight)
-        return _check_weight(f"weights({tenant!r})", weight)
-
-    @property
-    def pool_threads(self) -> int | None:
-        """``threads=`` of a tenant pool: its cap on the budget (``None``: all
-        of the budget's threads) or, with ``budget=False``, its own threads
-        (``None``: 1)."""
-        if self.budget:
-            return self.threads
-        return 1 if self.threads is None else self.threads
-
-    @classmethod
-    def coerce(cls, value: TenantTemplate | Mapping[str, Any]) -> TenantTemplate:
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, Mapping):
-            return cls(**value)
-        raise TypeError(
-            f"tenant template must be a TenantTemplate or a dict, not {type(value).__name__}"
-        )
-
-
-class TenantLimitReached(Exception):
-    """A new tenant arrived while ``max_tenants`` pools are busy (HTTP 429)."""
-
-    def __init__(self, tenant: str, limit: int) -> None:
-        super().__init__(f"tenant limit of {limit} reached; tenant {tenant!r} refused")
-        self.tenant = tenant
-        self.limit = limit
-
-
-class ClientDisconnected(Exception):
-    """The client went away before its job started; the job was cancelled."""
-
-
-@dataclasses.dataclass
-class _Tenant:
-    pool: rp.Pool
-    last_used: float
-    weight: float | None  # None: the pool owns its threads (budget=False)
-
-
-class TenantPools:
-    """Tenant id -> that tenant's own pool, created on first use.
-
-    Each tenant has its own bounded queue, so a flooding tenant fills (and
-    gets 503s from) only its own queue. With ``template.budget`` (the
-    default) the tenant pools own no threads: they run on one shared
-    ``rp.Budget`` (``self.budget``, created by ``open`` or the first
-    ``get``), which shares its threads between busy tenants by weight and
-    caps each at ``template.threads``. Otherwise each pool owns its threads.
-    Thread-safe: sync endpoints may call ``get`` from FastAPI's thread pool.
-    """
-
-    def __init__(
-        self,
-        template: TenantTemplate | Mapping[str, Any] | None = None,
-        in_use: Callable[[rp.Pool], bool] | None = None,
-    ) -> None:
-        self.template = TenantTemplate.coerce(template or {})
-        # Work for a pool that it does not hold yet (items waiting in a
-        # Batcher): a pool with such work is not idle, whatever its stats say.
-        self._in_use = in_use
-        self._lock = threading.Lock()
-        self._tenants: dict[str, _Tenant] = {}
-        self._overflow: rp.Pool | None = None
-        # Tenants sent to the overflow pool -> when they last used it: they
-        # stay there while it holds work of theirs (one pool per tenant at a
-        # time), and are forgotten like an idle tenant pool is evicted, so a
-        # churn of tenants leaves neither an ever-growing set nor tenants
-        # pinned to the shared pool once the cap has room again.
-        self._overflow_tenants: dict[str, float] = {}
-        self._budget: rp.Budget | None = None
-        self._closed = False
-        self._last_sweep = time.monotonic()
-        self.created = 0
-        self.evicted = 0
-        self.refused = 0
-
-    @property
-    def sweep_interval(self) -> float:
-        return min(self.template.idle_timeout / 2.0, 5.0)
-
-    @property
-    def budget(self) -> rp.Budget | None:
-        """The budget the tenant pools share; None with ``budget=False``, before
-        ``open`` (or the first ``get``) and after ``close``."""
-        return self._budget
-
-    def open(self) -> None:
-        """Creates the shared budget (``Raptors.open`` calls this, so that a
-        bad configuration fails at startup); idempotent, and done by the first
-        ``get`` otherwise."""
-        with self._lock:
-            if self._closed:
-                raise rp.PoolClosed("tenant pools are closed")
-            self._open_locked()
-
-    def _open_locked(self) -> None:
-        t = self.template
-        if not t.budget or self._budget is not None:
-            return
-        threads = default_budget_threads() if t.budget_threads is None else t.budget_threads
-        if t.threads is not None and t.threads > threads:
-            raise ValueError(
-                f"TenantTemplate threads={t.threads} (the per-tenant cap) is more than "
-                f"the tenant budget's {threads} threads"
-            )
-        self._budget = rp.Budget(t.prefix + "budget", threads=threads, nice=t.nice)
-
-    def _weight_locked(self, tenant: str | None) -> float | None:
-        """The weight of a new pool for ``tenant`` (``None``: the overflow
-        pool); None when the pools own their threads."""
-        if not self.template.budget:
-            return None
-        if tenant is None:
-            return float(self.template.default_weight)
-        return self.template.weight_of(tenant)
-
-    def _new_pool_locked(self, name: str, weight: float | None) -> rp.Pool:
-        t = self.template
-        self._open_locked()
-        if self._budget is None or weight is None:
-            return rp.Pool(
-                name, threads=t.pool_threads, queue=t.queue, nice=t.nice, admission=t.admission
-            )
-        return rp.Pool(
-            name,
-            threads=t.pool_threads,
-            queue=t.queue,
-            budget=self._budget,
-            weight=weight,
-            admission=t.admission,
-        )
-
-    def tenant_of(self, request: Request) -> str:
-        """The tenant id of a request (header, else the default tenant); 400 if malformed."""
-        tenant = request.headers.get(self.template.header)
-        if tenant is None or tenant == "":
-            return self.template.default_tenant
-        if not _TENANT_ID.match(tenant):
-            raise HTTPException(
-                status_code=400,
-                detail=f"{self.template.header} must match {_TENANT_ID.pattern}",
-            )
-        return tenant
-
-    def get(self, tenant: str) -> rp.Pool:
-        """The pool serving ``tenant``; may create it, evict idle ones, or refuse."""
-        now = time.monotonic()
-        with self._lock:
-            if self._closed:
-                raise rp.PoolClosed("tenant pools are closed")
-            entry = self._tenants.get(tenant)
-            if entry is not None:
-                entry.last_used = now
-                if now - self._last_sweep >= self.sweep_interval:
-                    self._sweep_locked(now)
-                return entry.pool
-            if tenant in self._overflow_tenants and self._overflow is not None:
-                self._overflow_tenants[tenant] = now
-                if now - self._last_sweep >= self.sweep_interval:
-                    self._sweep_locked(now)
-                return self._overflow
-            self._sweep_locked(now)
-            if len(self._tenants) >= self.template.max_tenants:
-                self._evict_lru_idle_locked()
-            if len(self._tenants) >= self.template.max_tenants:
-                return self._overflow_locked(tenant)
-            weight = self._weight_locked(tenant)
-            pool = self._new_pool_locked(self.template.prefix + tenant, weight)
-            self._tenants[tenant] = _Tenant(pool, now, weight)
-            self.created += 1
-            return pool
-
-    def _overflow_locked(self, tenant: str) -> rp.Pool:
-        if self.template.overflow == "reject":
-            self.refused += 1
-            raise TenantLimitReached(tenant, self.template.max_tenants)
-        if self._overflow is None:
-            self._overflow = self._new_pool_locked(
-                self.template.prefix + "overflow", self._weight_locked(None)
-            )
-        self._overflow_tenants[tenant] = time.monotonic()
-        return self._overflow
-
-    def _idle(self, pool: rp.Pool) -> bool:
-        st = pool.stats()
-        if st.queued or st.running:
-            return False
-        return self._in_use is None or not self._in_use(pool)
-
-    def _evict_locked(self, tenant: str) -> None:
-        entry = self._tenants.pop(tenant)
-        # Nothing is queued, running or waiting to be submitted, so a
-        # non-blocking close loses nothing and keeps the event loop free. On a
-        # budget, the other tenants' pools keep its threads.
-        entry.pool.close(wait=False)
-        self.evicted += 1
-
-    def _sweep_locked(self, now: float) -> None:
-        self._last_sweep = now
-        horizon = now - self.template.idle_timeout
-        for tenant, entry in list(self._tenants.items()):
-            if entry.last_used <= horizon and self._idle(entry.pool):
-                self._evict_locked(tenant)
-        if self._overflow_tenants and self._overflow is not None:
-            if self._idle(self._overflow):
-                # Nothing of theirs waits or runs: each may get a pool of its
-                # own on its next request.
-                self._overflow_tenants.clear()
-            else:
-                for tenant, last_used in list(self._overflow_tenants.items()):
-                    if last_used <= horizon:
-                        del self._overflow_tenants[tenant]
-
-    def _evict_lru_idle_locked(self) -> None:
-        for tenant, entry in sorted(self._tenants.items(), key=lambda kv: kv[1].last_used):
-            if self._idle(entry.pool):
-                self._evict_locked(tenant)
-                return
-
-    def sweep(self) -> None:
-        """Evict every tenant idle for ``idle_timeout`` (also done lazily by ``get``)."""
-        with self._lock:
-            self._sweep_locked(time.monotonic())
-
-    def pools(self) -> dict[str, rp.Pool]:
-        """Open tenant pools by tenant id (the overflow pool under ``"*overflow*"``)."""
-        with self._lock:
-            out = {t: e.pool for t, e in self._tenants.items()}
-            if self._overflow is not None:
-                out["*overflow*"] = self._overflow
-            return out
-
-    def snapshot(self) -> dict[str, Any]:
-        """The tenant view of ``/stats``: per tenant its pool, queue, weight and
-        share of the budget's busy time (``None`` for both with ``budget=False``)."""
-        now = time.monotonic()
-        with self._lock:
-            budget = self._budget
-            shares = budget.stats().shares if budget is not None else {}
-            tenants = {}
-            for tenant, entry in self._tenants.items():
-                st = entry.pool.stats()
-                tenants[tenant] = {
-                    "pool": entry.pool.name,
-                    "queued": st.queued,
-                    "running": st.running,
-                    "idle_seconds": round(now - entry.last_used, 3),
-                    "weight": entry.weight,
-                    "share": None if entry.weight is None else shares.get(entry.pool.name, 0.0),
-                }
-            return {
-                "tenants": tenants,
-                "count": len(self._tenants),
-                "max_tenants": self.template.max_tenants,
-                "budget": budget.name if budget is not None else None,
-                "overflow": self.template.overflow,
-                "overflow_pool": self._overflow.name if self._overflow is not None else None,
-                "overflow_tenants": sorted(self._overflow_tenants),
-                "created": self.created,
-                "evicted": self.evicted,
-                "refused": self.refused,
-            }
-
-    def detach_all(self) -> list[rp.Pool]:
-        """Refuse new lookups and hand over every tenant pool (the caller closes
-        them, then the budget that ``detach_budget`` hands over)."""
-        with self._lock:
-            self._closed = True
-            pools = [e.pool for e in self._tenants.values()]
-            if self._overflow is not None:
-                pools.append(self._overflow)
-            self._tenants.clear()
-            self._overflow = None
-            return pools
-
-    def detach_budget(self) -> rp.Budget | None:
-        """Hand over the shared budget (the caller closes it after its pools)."""
-        with self._lock:
-            budget, self._budget = self._budget, None
-            return budget
-
-    def close(self, wait: bool = True) -> None:
-        """Refuse new lookups, close every tenant pool (accepted jobs still run;
-        with ``wait``, returns once they finished), then the budget."""
-        _close_all(self.detach_all(), self.detach_budget(), wait)
-
-
-def _close_all(pools: list[rp.Pool], budget: rp.Budget | None, wait: bool) -> None:
-    """Closes ``pools`` so that they all drain in parallel, waits for each when
-    ``wait``, then closes ``budget`` (its threads exit once its pools' jobs ran)."""
-    for pool in pools:
-        pool.close(wait=False)
-    if wait:
-        for pool in pools:
-            pool.close(wait=True)
-    if budget is not None:
-        budget.close(wait=wait)
 
 
 def retry_after_seconds(stats: Any) -> int:
@@ -576,47 +137,6 @@ def would_miss_deadline_response(exc: rp.WouldMissDeadline) -> Response:
     )
 
 
-async def _wait_for_disconnect(receive: Callable[[], Any]) -> bool:
-    """Returns True once the ASGI server reports ``http.disconnect``.
-
-    Called after the body has been read, so the only messages left are
-    disconnects (servers also send one after the response completes, by
-    which time this watcher has been cancelled).
-    """
-    while True:
-        message = await receive()
-        if message.get("type") == "http.disconnect":
-            return True
-
-
-class _DisconnectWatch:
-    """Cancels ``job`` when the ASGI server reports that the client left."""
-
-    __slots__ = ("job", "request", "task")
-
-    def __init__(self, request: Request, job: Any) -> None:
-        self.request = request
-        self.job = job
-        self.task: asyncio.Task[bool] | None = None
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        if not self.job.done():
-            self.task = loop.create_task(_wait_for_disconnect(self.request.receive))
-            self.task.add_done_callback(self._on_done)
-
-    def _on_done(self, task: asyncio.Task[bool]) -> None:
-        if not task.cancelled() and task.exception() is None and task.result():
-            self.job.cancel("client disconnected")
-
-    def fired(self) -> bool:
-        t = self.task
-        return t is not None and t.done() and not t.cancelled() and t.exception() is None
-
-    def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-
-
 class Raptors:
     """Pools, tenant pools and their HTTP surface for one FastAPI app."""
 
@@ -632,6 +152,7 @@ class Raptors:
         stream_path: str | None = "/stats/stream",
         dashboard_path: str | None = "/dashboard",
         stream_interval: float = 0.5,
+        metrics_interval: float = 1.0,
     ) -> None:
         if isinstance(pools, Mapping):
             configs = [PoolConfig.coerce({"name": n, **dict(c)}) for n, c in pools.items()]
@@ -641,7 +162,9 @@ class Raptors:
         if len(set(names)) != len(names):
             raise ValueError(f"pool names must be unique: {names}")
         self.configs = configs
-        self.tenants = TenantPools(tenants, self._in_use) if tenants is not None else None
+        self.tenants = (
+            TenantPools(tenants, self._in_use, self._retired) if tenants is not None else None
+        )
         self.default_timeout = default_timeout
         if disconnect_grace < 0:
             raise ValueError("disconnect_grace must be >= 0")
@@ -657,14 +180,28 @@ class Raptors:
         self._dashboard_page: bytes | None = None
         self.batchers: dict[str, Batcher] = {}
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(RaptorsCollector(self))
+        # Several worker processes (PROMETHEUS_MULTIPROC_DIR set): each writes
+        # its stats to prometheus_client's files every metrics_interval
+        # seconds, and /metrics merges every worker's (see raptors._metrics).
+        self.multiprocess_dir = multiprocess_dir()
+        self.metrics_writer: MultiProcessWriter | None = None
+        self.otel: OpenTelemetryMetrics | None = None
+        if self.multiprocess_dir is None:
+            self.registry.register(RaptorsCollector(self))
+        else:
+            from prometheus_client import multiprocess
+
+            self.metrics_writer = MultiProcessWriter(self, metrics_interval)
+            multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
+                self.registry, path=self.multiprocess_dir
+            )
 
     # -- lifecycle -------------------------------------------------------
 
     def open(self) -> None:
         """Create the configured pools (the lifespan calls this)."""
         if self.tenants is not None and self.tenants._closed:
-            self.tenants = TenantPools(self.tenants.template, self._in_use)
+            self.tenants = TenantPools(self.tenants.template, self._in_use, self._retired)
         if self.stream.closed:
             self.stream = StatsBroadcaster(self.stats_snapshot, self.stream_interval)
         try:
@@ -678,6 +215,8 @@ class Raptors:
                     nice=cfg.nice,
                     admission=cfg.admission,
                 )
+            if self.metrics_writer is not None:
+                self.metrics_writer.start()
         except BaseException:
             self.close(wait=False)
             raise
@@ -686,11 +225,18 @@ class Raptors:
         """Stop accepting work, let accepted jobs finish (``wait=True``), close
         every pool, then the tenant budget."""
         pools, self._pools = list(self._pools.values()), {}
+        retired = [("", pool) for pool in pools]
         budget = None
         if self.tenants is not None:
+            retired += list(self.tenants.pools().items())
             pools += self.tenants.detach_all()
             budget = self.tenants.detach_budget()
+        for tenant, pool in retired:
+            self._retired(tenant, pool)
         _close_all(pools, budget, wait)
+        if self.metrics_writer is not None:
+            # The closed pools' last counts; zero gauges for what is gone.
+            self.metrics_writer.stop()
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
@@ -736,6 +282,22 @@ class Raptors:
             raise ValueError(f"a batcher named {name!r} is already registered")
         self.batchers[name] = batcher
         return batcher
+
+    def instrument_opentelemetry(self, meter: Any = None) -> OpenTelemetryMetrics:
+        """Export the /metrics series as OpenTelemetry observable instruments
+        on ``meter`` (default: the global meter provider's ``"raptors"``
+        meter); needs ``opentelemetry-api``. Call it once per app."""
+        if self.otel is None:
+            self.otel = OpenTelemetryMetrics(self, meter)
+        return self.otel
+
+    def _retired(self, tenant: str, pool: rp.Pool) -> None:
+        """A pool closed (evicted, or at shutdown): its last counts still go
+        to the multiprocess metrics, however soon after its creation."""
+        if self.metrics_writer is not None:
+            self.metrics_writer.retire(tenant, pool)
+        if self.otel is not None:
+            self.otel.retire(tenant, pool)
 
     def _in_use(self, pool: rp.Pool) -> bool:
         """Whether a registered batcher holds work for ``pool``."""
@@ -918,9 +480,20 @@ class Raptors:
         )
 
     def metrics_text(self) -> bytes:
+        """The Prometheus text of every pool; with several worker processes,
+        merged over every live worker (this one's stats written first, and
+        workers that died without a clean exit marked dead)."""
+        if self.metrics_writer is not None and self.multiprocess_dir is not None:
+            self.metrics_writer.refresh()
+            mark_dead_workers(self.multiprocess_dir)
         return generate_latest(self.registry)
 
     async def metrics_response(self) -> Response:
+        if self.metrics_writer is not None:
+            # Merging every worker's files takes milliseconds: off the loop.
+            return Response(
+                await asyncio.to_thread(self.metrics_text), media_type=CONTENT_TYPE_LATEST
+            )
         return Response(self.metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -931,143 +504,3 @@ def _relative_url(page: str | None, target: str) -> str:
     page_dir = (page or "/").rsplit("/", 1)[0].strip("/")
     parts = [p for p in page_dir.split("/") if p]
     return "../" * len(parts) + target.lstrip("/")
-
-
-_GAUGES = (
-    ("queued", "Jobs waiting in the queue now."),
-    ("running", "Jobs running now."),
-    ("utilization", "Busy worker time / (threads x elapsed), recent window."),
-    ("max_queued", "Highest queue depth seen."),
-    ("threads", "Worker threads."),
-    ("queue_capacity", "Queue bound (waiting jobs)."),
-    ("arrival_rate", "Submits per second, accepted or rejected, recent window."),
-    ("completion_rate", "Jobs ended per second, recent window."),
-    ("run_mean", "Mean seconds from start to end, recent jobs."),
-)
-_COUNTERS = (
-    ("submitted", "Jobs accepted."),
-    ("completed", "Jobs that finished successfully."),
-    ("failed", "Jobs that raised."),
-    ("cancelled", "Jobs cancelled."),
-    ("expired", "Jobs whose start deadline passed."),
-    ("rejected", "Submits refused with QueueFull (WouldMissDeadline included)."),
-)
-_QUANTILES = (("wait", "Seconds from submit to start"), ("run", "Seconds from start to end"))
-_BATCHER_GAUGES = (
-    ("pending", "Items waiting for a batch now."),
-    ("inflight", "Batch jobs submitted and not finished."),
-)
-_BATCHER_COUNTERS = (
-    ("batches", "Batch jobs submitted."),
-    ("items", "Items submitted in batches."),
-    ("rejected", "Items refused with QueueFull while waiting items were at the bound."),
-    ("expired", "Items whose start deadline passed while waiting for a batch."),
-)
-_BUDGET_GAUGES = (
-    ("threads", "Native worker threads of the budget, shared by its pools."),
-    ("running", "Jobs running on the budget's threads now."),
-    ("utilization", "Busy budget thread time / (threads x elapsed), recent window."),
-)
-# Gauges of a pool on a budget, labelled with the budget too.
-_POOL_BUDGET_GAUGES = (("share", "The pool's fraction of its budget's busy time, recent window."),)
-
-_Row = tuple[list[str], Any]
-
-
-def _families(
-    kind: Callable[..., Any],
-    prefix: str,
-    table: Iterable[tuple[str, str]],
-    labels: list[str],
-    rows: list[_Row],
-    value: Callable[[Any, str], Any],
-) -> Iterator[Any]:
-    """One metric family per ``(field, doc)`` of ``table``, named ``prefix +
-    field``, with a sample ``value(source, field)`` per ``(label values,
-    source)`` row."""
-    for field, doc in table:
-        family = kind(prefix + field, doc, labels=labels)
-        for values, source in rows:
-            family.add_metric(values, float(value(source, field)))
-        yield family
-
-
-class RaptorsCollector:
-    """Reads ``pool.stats()`` of every pool of a ``Raptors`` app, and
-    ``budget.stats()`` of the budgets they run on, at scrape time."""
-
-    def __init__(self, owner: Raptors) -> None:
-        self.owner = owner
-
-    def describe(self) -> list[Any]:
-        return []
-
-    def _labelled(self) -> list[tuple[list[str], Any, rp.Budget | None]]:
-        """``([pool, tenant], pool stats, the pool's budget)`` of every pool."""
-        tenant_of_pool: dict[str, str] = {}
-        if self.owner.tenants is not None:
-            tenant_of_pool = {p.name: t for t, p in self.owner.tenants.pools().items()}
-        rows = []
-        for name, pool in sorted(self.owner.all_pools().items()):
-            rows.append(([name, tenant_of_pool.get(name, "")], pool.stats(), pool.budget))
-        return rows
-
-    def collect(self) -> Iterable[Any]:
-        labelled = self._labelled()
-        rows = [(values, st) for values, st, _ in labelled]
-        labels = ["pool", "tenant"]
-        yield from _families(GaugeMetricFamily, "raptors_pool_", _GAUGES, labels, rows, getattr)
-        yield from _families(CounterMetricFamily, "raptors_jobs_", _COUNTERS, labels, rows, getattr)
-        for kind, doc in _QUANTILES:
-            g = GaugeMetricFamily(
-                f"raptors_job_{kind}_seconds",
-                f"{doc}, recent jobs, by quantile.",
-                labels=[*labels, "quantile"],
-            )
-            for values, st in rows:
-                g.add_metric([*values, "0.5"], float(getattr(st, f"{kind}_p50")))
-                g.add_metric([*values, "0.99"], float(getattr(st, f"{kind}_p99")))
-            yield g
-        budgets = {name: budget.stats() for name, budget in sorted(self.owner.budgets().items())}
-        if budgets:
-            yield from _families(
-                GaugeMetricFamily,
-                "raptors_budget_",
-                _BUDGET_GAUGES,
-                ["budget"],
-                [([name], st) for name, st in budgets.items()],
-                getattr,
-            )
-            shares = {name: st.shares for name, st in budgets.items()}
-            on_budget = [
-                ([*values, budget.name], {"share": shares[budget.name].get(values[0], 0.0)})
-                for values, _, budget in labelled
-                if budget is not None and budget.name in shares
-            ]
-            yield from _families(
-                GaugeMetricFamily,
-                "raptors_pool_",
-                _POOL_BUDGET_GAUGES,
-                [*labels, "budget"],
-                on_budget,
-                operator.getitem,
-            )
-        batchers = [(name, b.stats()) for name, b in sorted(self.owner.batchers.items())]
-        if batchers:
-            snapshots = [([name], st) for name, st in batchers]
-            yield from _families(
-                GaugeMetricFamily,
-                "raptors_batcher_",
-                _BATCHER_GAUGES,
-                ["batcher"],
-                snapshots,
-                operator.getitem,
-            )
-            yield from _families(
-                CounterMetricFamily,
-                "raptors_batcher_",
-                _BATCHER_COUNTERS,
-                ["batcher"],
-                snapshots,
-                operator.getitem,
-            )
