@@ -31,7 +31,7 @@ miri() {
 tsan() {
     # The standard library is rebuilt with the sanitizer so its own atomics
     # and locks are instrumented too.
-    RUSTFLAGS="-Zsanitizer=thread" RUSTDOCFLAGS="-Zsanitizer=thread" \
+    RUST_BACKTRACE=0 RUSTFLAGS="-Zsanitizer=thread" RUSTDOCFLAGS="-Zsanitizer=thread" \
         TSAN_OPTIONS="halt_on_error=1" \
         CARGO_TARGET_DIR="$root/target/tsan" \
         cargo +nightly test -Zbuild-std --target x86_64-unknown-linux-gnu \

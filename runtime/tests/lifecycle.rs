@@ -315,17 +315,10 @@ fn the_submit_hook_runs_exactly_once_on_every_path_and_never_for_a_refused_submi
     assert_eq!(early.unwrap().status(), JobStatus::Cancelled);
     assert_eq!(early_hook.get(), 1);
 
-    let (expiring, expiring_hook) = with_hook(
-        &pool,
-        SubmitOptions {
-            deadline: Some(Instant::now() + Duration::from_millis(20)),
-            ..SubmitOptions::default()
-        },
-        ok,
-    );
     let (queued, queued_hook) = with_hook(&pool, SubmitOptions::default(), ok);
     let (panicking, panicking_hook) =
         with_hook(&pool, SubmitOptions::default(), |_| panic!("boom"));
+    let (filler, filler_hook) = with_hook(&pool, SubmitOptions::default(), ok);
     // The queue (3) is full: refused, and its hook is dropped unrun.
     let probe = Counter::default();
     let dropped = DropProbe(probe.clone());
@@ -342,7 +335,17 @@ fn the_submit_hook_runs_exactly_once_on_every_path_and_never_for_a_refused_submi
     assert!(refused.is_err());
     assert_eq!((refused_hook.get(), probe.get()), (0, 1));
 
-    let (expiring, queued, panicking) = (expiring.unwrap(), queued.unwrap(), panicking.unwrap());
+    let (queued, panicking, filler) = (queued.unwrap(), panicking.unwrap(), filler.unwrap());
+    assert!(filler.cancel());
+    let (expiring, expiring_hook) = with_hook(
+        &pool,
+        SubmitOptions {
+            deadline: Some(Instant::now() + Duration::from_millis(20)),
+            ..SubmitOptions::default()
+        },
+        ok,
+    );
+    let expiring = expiring.unwrap();
     assert!(expiring.wait(LIMIT));
     assert!(queued.cancel());
     let (late, late_hook) = with_hook(&pool, SubmitOptions::default(), ok);
@@ -368,6 +371,7 @@ fn the_submit_hook_runs_exactly_once_on_every_path_and_never_for_a_refused_submi
         &expiring_hook,
         &queued_hook,
         &panicking_hook,
+        &filler_hook,
         &late_hook,
         &extra,
     ] {
