@@ -8,7 +8,7 @@ use std::panic::{self, AssertUnwindSafe};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyInt, PyTuple};
-use raptors_kernels::{DType, Exec, KernelError, Op, Operand, Params, Serial};
+use raptors_kernels::{DType, Exec, KernelError, Op, Operand, Params, Plan, Serial};
 use smallvec::SmallVec;
 
 use crate::convert::{self, HeldOperand, KernelOutput};
@@ -43,12 +43,12 @@ fn signature(op: Op) -> Signature {
     Signature { operands, axis, k }
 }
 
-/// A kernel call with its arguments converted and checked, ready to run on
-/// any thread.
+/// A kernel call with its arguments converted and checked once (its
+/// [`Plan`]), ready to run on any thread.
 pub struct PreparedKernel {
-    kind: KernelKind,
+    /// `None`: the test kernel that panics.
+    plan: Option<Plan>,
     operands: Vec<HeldOperand>,
-    params: Params,
     as_rp_array: bool,
 }
 
@@ -59,11 +59,10 @@ impl PreparedKernel {
 
     /// Runs the kernel; the output carries the inputs back (see [`KernelOutput`]).
     pub fn run(self, exec: &dyn Exec) -> Result<KernelOutput, KernelError> {
-        let op = match self.kind {
-            KernelKind::Op(op) => op,
-            KernelKind::TestPanic => panic!("the test kernel panicked on purpose"),
+        let Some(plan) = &self.plan else {
+            panic!("the test kernel panicked on purpose")
         };
-        let value = raptors_kernels::run(op, &views(&self.operands)?, &self.params, exec)?;
+        let value = plan.execute(&views(&self.operands)?, exec)?;
         Ok(KernelOutput {
             value,
             as_rp_array: self.as_rp_array,
@@ -104,9 +103,8 @@ impl Kernel {
             KernelKind::Op(op) => op,
             KernelKind::TestPanic => {
                 return Ok(PreparedKernel {
-                    kind: self.kind,
+                    plan: None,
                     operands: Vec::new(),
-                    params: Params::default(),
                     as_rp_array: false,
                 })
             }
@@ -213,13 +211,12 @@ impl Kernel {
                 self.name
             )));
         }
-        views(&operands)
+        let plan = views(&operands)
             .and_then(|views| raptors_kernels::check(op, &views, &params))
             .map_err(|err| errors::kernel_error(py, err))?;
         Ok(PreparedKernel {
-            kind: self.kind,
+            plan: Some(plan),
             operands,
-            params,
             as_rp_array,
         })
     }

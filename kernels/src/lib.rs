@@ -3,7 +3,8 @@
 //! rules), fast loops with runtime CPU-feature dispatch, optional splitting
 //! across the caller's rayon pool and cooperative cancellation.
 //!
-//! Entry points: [`check`] (metadata only) and [`run`]. See `docs/kernels.md`.
+//! Entry points: [`check`] (metadata only) returns a [`Plan`] that
+//! [`Plan::execute`] runs; [`run`] is both. See `docs/kernels.md`.
 
 mod alloc;
 mod array;
@@ -14,6 +15,7 @@ pub mod gemm;
 mod loops;
 mod op;
 mod ops;
+mod plan;
 mod promote;
 mod view;
 
@@ -23,6 +25,7 @@ pub use dtype::{cast, DType, Element, Float};
 pub use error::KernelError;
 pub use exec::{Exec, Serial};
 pub use loops::{force_simd_level, simd_level, SimdLevel};
-pub use op::{check, run, Op, Params};
+pub use op::{Op, Params};
+pub use plan::{check, run, Plan};
 pub use promote::promote_types;
 pub use view::{ArrayView, Operand, MAX_NDIM};

@@ -72,10 +72,9 @@ fn select<T: Float>(scores: &Array, k: usize, exec: &dyn Exec) -> Result<Value, 
 pub(crate) fn cosine_topk(
     matrix: &Operand<'_>,
     query: &Operand<'_>,
-    k: Option<usize>,
+    k: usize,
     exec: &dyn Exec,
 ) -> Result<Value, KernelError> {
-    let k = check(matrix, query, k)?;
     let scores = match cosine::cosine_similarity(matrix, query, exec)? {
         Value::Array(scores) => scores,
         _ => unreachable!("cosine scores are an array"),

@@ -5,7 +5,7 @@
 
 use crate::alloc;
 use crate::array::Value;
-use crate::dtype::Element;
+use crate::dtype::{DType, Element};
 use crate::error::{value_error, KernelError};
 use crate::exec::{chunk_items, fill_chunks, map_chunks, Exec};
 use crate::gemm::gemm;
@@ -13,7 +13,6 @@ use crate::loops;
 use crate::op::not_aligned;
 use crate::ops::elementwise::{binary, BinaryOp};
 use crate::ops::operand::Typed;
-use crate::promote::{promote_types, strong_dtype};
 use crate::view::{Mat, Operand};
 use crate::with_dtype;
 
@@ -75,8 +74,13 @@ fn strong<'a>(
 }
 
 /// `np.dot(a, b)`.
-pub(crate) fn dot(a: &Operand<'_>, b: &Operand<'_>, exec: &dyn Exec) -> Result<Value, KernelError> {
-    let shape = check_dot(a, b)?;
+pub(crate) fn dot(
+    a: &Operand<'_>,
+    b: &Operand<'_>,
+    shape: Vec<usize>,
+    dt: DType,
+    exec: &dyn Exec,
+) -> Result<Value, KernelError> {
     if a.ndim() == 0 || b.ndim() == 0 {
         let scalars = |o: &Operand<'_>| match o {
             Operand::Int(v) => ([*v], [0.0]),
@@ -85,9 +89,8 @@ pub(crate) fn dot(a: &Operand<'_>, b: &Operand<'_>, exec: &dyn Exec) -> Result<V
         };
         let ((ia, fa), (ib, fb)) = (scalars(a), scalars(b));
         let ops = [strong(a, &ia, &fa)?, strong(b, &ib, &fb)?];
-        return binary(BinaryOp::Multiply, &ops, "dot", exec);
+        return binary(BinaryOp::Multiply, &ops, shape, dt, "dot", exec);
     }
-    let dt = promote_types(strong_dtype(a), strong_dtype(b));
     with_dtype!(dt, T => {
         let (ta, tb) = (Typed::<T>::new(a, "dot")?, Typed::<T>::new(b, "dot")?);
         products::<T>(ta.mat(), tb.mat(), shape, "dot", exec)
@@ -98,10 +101,10 @@ pub(crate) fn dot(a: &Operand<'_>, b: &Operand<'_>, exec: &dyn Exec) -> Result<V
 pub(crate) fn matmul(
     a: &Operand<'_>,
     b: &Operand<'_>,
+    shape: Vec<usize>,
+    dt: DType,
     exec: &dyn Exec,
 ) -> Result<Value, KernelError> {
-    let shape = check_matmul(a, b)?;
-    let dt = promote_types(strong_dtype(a), strong_dtype(b));
     with_dtype!(dt, T => {
         let (ta, tb) = (Typed::<T>::new(a, "matmul")?, Typed::<T>::new(b, "matmul")?);
         products::<T>(ta.mat(), tb.mat(), shape, "matmul", exec)

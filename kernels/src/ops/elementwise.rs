@@ -11,12 +11,11 @@
 
 use crate::alloc;
 use crate::array::Value;
-use crate::dtype::{cast, with_float_dtype, Element};
+use crate::dtype::{cast, with_float_dtype, DType, Element};
 use crate::error::{shape_str, value_error, KernelError};
 use crate::exec::{chunk_items, fill_chunks, Exec};
 use crate::loops::{self, AddK, Binary, DivK, MulK, SubK};
 use crate::ops::operand::Typed;
-use crate::promote::{result_type, true_divide_type, WeakIntPolicy};
 use crate::view::{ArrayView, Mat, Operand};
 use crate::with_dtype;
 
@@ -380,18 +379,17 @@ fn run_binary<'a, T: Element, K: Binary<T>>(
 pub(crate) fn binary(
     op: BinaryOp,
     operands: &[Operand<'_>],
+    shape: Vec<usize>,
+    dt: DType,
     kernel: &'static str,
     exec: &dyn Exec,
 ) -> Result<Value, KernelError> {
-    let shape = broadcast_shape(operands)?;
     if op == BinaryOp::Divide {
-        let dt = true_divide_type(operands)?;
         return with_float_dtype!(dt, T => {
             let (a, b) = (Typed::<T>::lazy(&operands[0]), Typed::<T>::lazy(&operands[1]));
             run_binary::<T, DivK>(&a, &b, shape, kernel, exec)
         });
     }
-    let dt = result_type(operands, WeakIntPolicy::Raise)?;
     with_dtype!(dt, T => {
         let (a, b) = (Typed::<T>::lazy(&operands[0]), Typed::<T>::lazy(&operands[1]));
         match op {
@@ -436,9 +434,12 @@ fn run_clip<'a, T: Element>(
 
 /// `np.clip(a, lo, hi)`: `minimum(maximum(a, lo), hi)` with NumPy's NaN and
 /// tie rules; out-of-range Python int bounds saturate as in NumPy.
-pub(crate) fn clip(operands: &[Operand<'_>], exec: &dyn Exec) -> Result<Value, KernelError> {
-    let shape = broadcast_shape(operands)?;
-    let dt = result_type(operands, WeakIntPolicy::Saturate)?;
+pub(crate) fn clip(
+    operands: &[Operand<'_>],
+    shape: Vec<usize>,
+    dt: DType,
+    exec: &dyn Exec,
+) -> Result<Value, KernelError> {
     with_dtype!(dt, T => {
         let t = [0, 1, 2].map(|i| Typed::<T>::lazy(&operands[i]));
         run_clip::<T>(&t, shape, exec)

@@ -544,13 +544,13 @@ pub(crate) fn check(
 }
 
 /// Runs reduction `op` on `operand` (a Python scalar counts as a 0-d array).
+/// `axis` is the one [`check`] normalised.
 pub(crate) fn reduce(
     op: Op,
     operand: &Operand<'_>,
-    axis: Option<isize>,
+    axis: Option<usize>,
     exec: &dyn Exec,
 ) -> Result<Value, KernelError> {
-    let axis = check(op, operand, axis)?;
     let (iv, fv);
     let view = match operand {
         Operand::Array(v) => *v,

@@ -11,7 +11,7 @@ use crate::with_dtype;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-/// Validates the operand and `k`; returns the number of values.
+/// Validates the operand and `k`; returns `k`.
 pub(crate) fn check(values: &Operand<'_>, k: Option<usize>) -> Result<usize, KernelError> {
     let shape = match values {
         Operand::Array(v) => v.shape(),
@@ -36,7 +36,7 @@ pub(crate) fn check(values: &Operand<'_>, k: Option<usize>) -> Result<usize, Ker
             "topk: k must be between 1 and {n} (the number of values), got {k}"
         )));
     }
-    Ok(n)
+    Ok(k)
 }
 
 /// Rank order: larger first, NaN last, ties by index.
@@ -126,13 +126,7 @@ fn topk_typed<T: Element>(m: Mat<'_, T>, k: usize, exec: &dyn Exec) -> Result<Va
 }
 
 /// Runs `topk`.
-pub(crate) fn topk(
-    values: &Operand<'_>,
-    k: Option<usize>,
-    exec: &dyn Exec,
-) -> Result<Value, KernelError> {
-    check(values, k)?;
-    let k = k.expect("checked");
+pub(crate) fn topk(values: &Operand<'_>, k: usize, exec: &dyn Exec) -> Result<Value, KernelError> {
     match values {
         Operand::Array(v) => with_dtype!(v.dtype(), T => topk_typed(v.mat::<T>(), k, exec)),
         _ => unreachable!("checked: an array"),
