@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
+import os
+import signal
 import threading
 import time
 import uuid
@@ -330,3 +332,57 @@ def test_bad_arguments(client):
         DaskPool("x", client, queue=0)
     with pytest.raises(TypeError, match="queue"):
         DaskPool("x", client, queue=None)  # type: ignore[arg-type]
+
+
+def _pid() -> int:
+    return os.getpid()
+
+
+def test_a_worker_dying_mid_job_retries_then_fails_with_killed_worker():
+    """A worker process killed while it runs a job: Dask runs the job again
+    on another worker (it stays "running", counted once); killed on its
+    ``allowed-failures`` + 1-th worker too, the job fails with
+    ``distributed.KilledWorker`` naming the deaths. Workers the nannies
+    restart get the plugin and take new jobs."""
+    with (
+        dask.config.set(
+            {
+                "distributed.scheduler.worker-saturation": 1.0,
+                "distributed.scheduler.allowed-failures": 1,
+            }
+        ),
+        distributed.LocalCluster(
+            processes=True,
+            n_workers=2,
+            threads_per_worker=1,
+            dashboard_address=None,
+            worker_dashboard_address=None,
+        ) as cluster,
+        distributed.Client(cluster) as dask_client,
+        DaskPool(f"dask-death-{next(_serial)}", dask_client, queue=4) as dask_pool,
+    ):
+        name = f"gate-{uuid.uuid4().hex}"
+        job = dask_pool.submit(gate, name)
+        assert wait_until(lambda: job.status == "running", HANG)
+        first = job._worker
+        assert first is not None
+        os.kill(dask_client.run(_pid, workers=[first])[first], signal.SIGKILL)
+        # Retried on the other worker: a start from there, still one running job.
+        assert wait_until(lambda: job._worker not in (None, first), HANG)
+        s = dask_pool.stats()
+        assert (s.submitted, s.running, s.queued, s.failed) == (1, 1, 0, 0)
+        assert_invariant(s)
+        second = job._worker
+        os.kill(dask_client.run(_pid, workers=[second])[second], signal.SIGKILL)
+        with pytest.raises(distributed.KilledWorker, match="died"):
+            job.result(HANG * 3)
+        assert job.status == "failed"
+        s = dask_pool.stats()
+        assert (s.submitted, s.running, s.queued, s.failed, s.completed) == (1, 0, 0, 1, 0)
+        assert_invariant(s)
+        # The nannies restart both workers; the plugin is set up on them.
+        assert dask_pool.submit(rp.dot, np.ones(3), np.ones(3)).result(HANG * 3) == 3.0
+        s = dask_pool.stats()
+        assert (s.submitted, s.failed, s.completed) == (2, 1, 1)
+        assert_invariant(s)
+        distributed.Event(name, client=dask_client).set()
