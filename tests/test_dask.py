@@ -386,3 +386,57 @@ def test_a_worker_dying_mid_job_retries_then_fails_with_killed_worker():
         assert (s.submitted, s.failed, s.completed) == (2, 1, 1)
         assert_invariant(s)
         distributed.Event(name, client=dask_client).set()
+
+
+async def test_batcher_forwards_coalesced_batches_to_the_cluster(client, gates):
+    """A `Batcher` targets a DaskPool like an rp.Pool: calls arriving while
+    its batch jobs (up to the cluster's threads) are in flight leave together
+    as one cosine_topk job on a scattered matrix; answers equal one-by-one."""
+    from raptors.batch import Batcher
+
+    pool = DaskPool(f"dask-batch-{next(_serial)}", client, queue=16)
+    rng = np.random.default_rng(3)
+    matrix = rng.standard_normal((3000, 32)).astype(np.float32)
+    handle = pool.scatter(matrix)
+    batcher = Batcher(
+        rp.cosine_topk,
+        gather=lambda queries: (handle, np.stack(queries), 3),
+        scatter=lambda result: list(zip(*result, strict=True)),
+        max_batch=8,
+    )
+    assert pool.threads == 2
+    name, _ = block_workers(pool, gates)
+    queries = [rng.standard_normal(32).astype(np.float32) for _ in range(12)]
+    futures = [batcher.submit(pool, q) for q in queries]
+    # Two calls went out alone (a free batch slot each); ten wait for a slot.
+    assert (batcher.inflight, batcher.pending) == (2, 10)
+    gates.open(name)
+    answers = await asyncio.wait_for(asyncio.gather(*futures), HANG)
+    for q, (ids, _) in zip(queries, answers, strict=True):
+        expected, _ = rp.cosine_topk(matrix, q, 3)
+        assert sorted(np.asarray(ids).tolist()) == sorted(np.asarray(expected).tolist())
+    st = batcher.stats()
+    assert st["items"] == 12 and st["batches"] <= 4 and st["pending"] == st["inflight"] == 0
+    s = pool.stats()
+    assert s.completed == 2 + st["batches"]
+    assert_invariant(s)
+    pool.close()
+
+
+async def test_batcher_on_a_dask_pool_refuses_and_cancels_like_on_a_pool(pool, gates):
+    from raptors.batch import Batcher
+
+    batcher = Batcher(abs, gather=lambda items: (sum(items),), scatter=lambda r: [r], max_batch=1)
+    name, _ = block_workers(pool, gates)
+    fill = [batcher.submit(pool, -1) for _ in range(2 + pool.queue_capacity)]
+    refused = batcher.submit(pool, -1)
+    with pytest.raises(rp.QueueFull):
+        await refused
+    # A waiting call whose caller went away costs nothing; one sent is
+    # cancelled in the pool while it still waits for a worker.
+    fill[-1].cancel()
+    fill[0].cancel()
+    gates.open(name)
+    await asyncio.wait_for(asyncio.gather(*fill, return_exceptions=True), HANG)
+    assert [f.result() for f in fill[1:-1]] == [1] * pool.queue_capacity
+    assert_invariant(pool.stats())

@@ -59,6 +59,8 @@ _TERMINAL = frozenset({"done", "failed", "cancelled", "expired"})
 # How often the watcher thread looks at the tokens of unfinished jobs:
 # CancelToken has no callback, and 2 ms keeps cancel-to-stop well below 50 ms.
 _TOKEN_POLL_SECONDS = 0.002
+# How often the pool asks the scheduler for the cluster's threads.
+_THREADS_REFRESH_SECONDS = 1.0
 # Recent jobs kept for the wait and run percentiles.
 _RECENT = 1024
 _PLUGIN_NAME = "raptors"
@@ -189,7 +191,7 @@ def _run_job(
 class DaskPoolStats:
     """A consistent snapshot of a `DaskPool`, with `rp.PoolStats`' names.
 
-    ``threads`` is the cluster's worker threads at the snapshot;
+    ``threads`` is the cluster's worker threads (as of the last look, every second);
     ``utilization`` is busy job time / (threads x elapsed) since the pool
     started."""
 
@@ -351,7 +353,10 @@ class DaskPool(concurrent.futures.Executor):
         self._watcher = threading.Thread(
             target=self._watch, name=f"raptors-dask-{name}", daemon=True
         )
+        self._threads = 0
+        self._threads_due = 0.0
         self.client.register_plugin(RaptorsWorkerPlugin())
+        self._refresh_threads()
         self.client.subscribe_topic(self._topic, self._on_event)
         self._watcher.start()
 
@@ -532,8 +537,16 @@ class DaskPool(concurrent.futures.Executor):
 
     # ------------------------------------------------------------ stats
 
+    @property
+    def threads(self) -> int:
+        """The cluster's worker threads, as of the last look (every second):
+        what a `Batcher` sizes its batch jobs in flight by."""
+        return self._threads
+
     def stats(self) -> DaskPoolStats:
-        threads = sum(self.client.nthreads().values())
+        """A snapshot; ``threads`` is the cluster's worker threads as of the
+        last look (every second), so stats never wait for the scheduler."""
+        threads = self._threads
         with self._lock:
             waits = sorted(self._waits)
             runs = sorted(self._runs)
@@ -679,6 +692,8 @@ class DaskPool(concurrent.futures.Executor):
         while True:
             to_trip: list[DaskJob] = []
             to_cancel: list[DaskJob] = []
+            if time.monotonic() >= self._threads_due:
+                self._refresh_threads()
             with self._lock:
                 if self._closed and not self._jobs:
                     return
@@ -705,13 +720,24 @@ class DaskPool(concurrent.futures.Executor):
                     if self._deadlines:
                         until = self._deadlines[0][0] - now
                         wait = until if wait is None else min(wait, until)
-                    self._lock.wait(wait if wait is not None else 1.0)
+                    refresh = max(0.0, self._threads_due - now)
+                    self._lock.wait(refresh if wait is None else min(wait, refresh))
                     continue
             for job in to_cancel:
                 if job._dask_future is not None:
                     job._dask_future.cancel()
             if to_trip:
                 self._trip(to_trip)
+
+    def _refresh_threads(self) -> None:
+        """``threads`` from the scheduler (kept when it cannot be asked)."""
+        self._threads_due = time.monotonic() + _THREADS_REFRESH_SECONDS
+        if self.client.status not in ("running", "connecting"):
+            return
+        try:
+            self._threads = sum(self.client.nthreads().values())
+        except Exception:  # noqa: BLE001 (a closing client: keep the last figure)
+            _log.debug("pool %r: could not refresh the cluster's threads", self.name)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
