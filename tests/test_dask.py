@@ -440,3 +440,29 @@ async def test_batcher_on_a_dask_pool_refuses_and_cancels_like_on_a_pool(pool, g
     await asyncio.wait_for(asyncio.gather(*fill, return_exceptions=True), HANG)
     assert [f.result() for f in fill[1:-1]] == [1] * pool.queue_capacity
     assert_invariant(pool.stats())
+
+
+def test_prometheus_collector_exposes_the_autoscaling_signals(pool, gates):
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from prometheus_client.parser import text_string_to_metric_families
+    from raptors.dask import DaskPoolCollector
+
+    registry = prometheus_client.CollectorRegistry(auto_describe=False)
+    registry.register(DaskPoolCollector(pool))
+    name, _ = block_workers(pool, gates)
+    waiting = [pool.submit(gate, name) for _ in range(3)]
+    text = prometheus_client.generate_latest(registry).decode()
+    samples = {
+        (sample.name, sample.labels.get("quantile")): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.labels.get("pool") == pool.name
+    }
+    assert samples[("raptors_dask_pool_queued", None)] == 3
+    assert samples[("raptors_dask_pool_running", None)] == 2
+    assert samples[("raptors_dask_pool_threads", None)] == 2
+    assert samples[("raptors_dask_pool_saturation", None)] == 2.5
+    assert samples[("raptors_dask_jobs_submitted_total", None)] == 5
+    assert ("raptors_dask_job_wait_seconds", "0.99") in samples
+    gates.open(name)
+    concurrent.futures.wait(waiting, timeout=HANG)

@@ -52,7 +52,14 @@ from distributed.threadpoolexecutor import thread_state
 from . import _pool, _raptors
 from ._raptors import CancelToken, DeadlineExceeded, JobCancelled, Kernel, PoolClosed, QueueFull
 
-__all__ = ["DaskJob", "DaskPool", "DaskPoolStats", "RaptorsWorkerPlugin", "Scattered"]
+__all__ = [
+    "DaskJob",
+    "DaskPool",
+    "DaskPoolCollector",
+    "DaskPoolStats",
+    "RaptorsWorkerPlugin",
+    "Scattered",
+]
 
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled", "expired"]
 _TERMINAL = frozenset({"done", "failed", "cancelled", "expired"})
@@ -742,6 +749,88 @@ class DaskPool(concurrent.futures.Executor):
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<raptors.dask.DaskPool {self.name!r} queue={self.queue_capacity} {state}>"
+
+
+# ---------------------------------------------------------------- Prometheus
+
+_DASK_GAUGES = (
+    ("queued", "Jobs submitted and not yet started on a worker (the backlog)."),
+    ("running", "Jobs running on the workers now."),
+    ("threads", "Worker threads of the cluster (as of the pool's last look)."),
+    ("queue_capacity", "Bound on queued jobs (QueueFull beyond)."),
+    ("max_queued", "Highest backlog seen."),
+    ("utilization", "Busy job time / (threads x elapsed) since the pool started."),
+    (
+        "saturation",
+        (
+            "(queued + running) / threads: worker threads the pool's jobs could use now "
+            "per thread there is (above 1: add workers; +Inf with work and no worker)."
+        ),
+    ),
+)
+_DASK_COUNTERS = (
+    ("submitted", "Jobs accepted."),
+    ("completed", "Jobs that finished successfully."),
+    ("failed", "Jobs that raised (a worker's death past allowed-failures included)."),
+    ("cancelled", "Jobs cancelled."),
+    ("expired", "Jobs whose start deadline passed."),
+    ("rejected", "Submits refused with QueueFull."),
+)
+
+
+def _saturation(st: DaskPoolStats) -> float:
+    demand = st.queued + st.running
+    if st.threads:
+        return demand / st.threads
+    return float("inf") if demand else 0.0
+
+
+class DaskPoolCollector:
+    """A ``prometheus_client`` collector of `DaskPool` stats, read at scrape
+    time (``registry.register(DaskPoolCollector(pool))``; ``add`` more
+    pools later). Families, labelled ``pool``: gauges
+    ``raptors_dask_pool_{queued,running,threads,queue_capacity,max_queued,
+    utilization,saturation}``, counters ``raptors_dask_jobs_{submitted,
+    completed,failed,cancelled,expired,rejected}_total`` and
+    ``raptors_dask_job_{wait,run}_seconds{quantile="0.5"|"0.99"}``.
+    ``saturation`` and ``queued`` are the autoscaling signals
+    (docs/scale-out.md). Needs ``prometheus_client`` (the fastapi extra)."""
+
+    def __init__(self, *pools: DaskPool) -> None:
+        self.pools = list(pools)
+
+    def add(self, pool: DaskPool) -> DaskPool:
+        self.pools.append(pool)
+        return pool
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        snapshots = [pool.stats() for pool in self.pools]
+        for field, doc in _DASK_GAUGES:
+            gauge = GaugeMetricFamily(f"raptors_dask_pool_{field}", doc, labels=["pool"])
+            for st in snapshots:
+                value = _saturation(st) if field == "saturation" else getattr(st, field)
+                gauge.add_metric([st.name], float(value))
+            yield gauge
+        for field, doc in _DASK_COUNTERS:
+            counter = CounterMetricFamily(f"raptors_dask_jobs_{field}", doc, labels=["pool"])
+            for st in snapshots:
+                counter.add_metric([st.name], float(getattr(st, field)))
+            yield counter
+        for kind, doc in (("wait", "Seconds from submit to start"), ("run", "Seconds run")):
+            gauge = GaugeMetricFamily(
+                f"raptors_dask_job_{kind}_seconds",
+                f"{doc}, recent jobs, by quantile.",
+                labels=["pool", "quantile"],
+            )
+            for st in snapshots:
+                gauge.add_metric([st.name, "0.5"], float(getattr(st, f"{kind}_p50")))
+                gauge.add_metric([st.name, "0.99"], float(getattr(st, f"{kind}_p99")))
+            yield gauge
 
 
 def _producer_task_api() -> tuple[Any, Any, Any]:
