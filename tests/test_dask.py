@@ -466,3 +466,26 @@ def test_prometheus_collector_exposes_the_autoscaling_signals(pool, gates):
     assert ("raptors_dask_job_wait_seconds", "0.99") in samples
     gates.open(name)
     concurrent.futures.wait(waiting, timeout=HANG)
+
+
+def test_service_variant_scores_on_the_cluster_and_exports_gauges(client):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+    from raptors import service
+
+    matrix = service.make_matrix(rows=2000, dim=16)
+    app = service.create_app(
+        "raptors-dask", matrix=matrix, dask_address=client.scheduler.address, tenant_queue=8
+    )
+    query = np.random.default_rng(5).standard_normal(16).astype(np.float32)
+    with TestClient(app) as http:
+        r = http.post("/score", json={"query": query.tolist()})
+        assert r.status_code == 200, r.text
+        expected, _ = service.topk_numpy(matrix, query)
+        assert sorted(r.json()["ids"]) == sorted(expected.tolist())
+        metrics = http.get("/metrics").text
+        assert 'raptors_dask_jobs_completed_total{pool="score-dask"} 1.0' in metrics
+        assert 'raptors_dask_pool_saturation{pool="score-dask"}' in metrics
+        pool = app.state.dask_pool
+    assert pool.closed
+    assert_invariant(pool.stats())
