@@ -658,15 +658,13 @@ class DaskPool(concurrent.futures.Executor):
             status, value = "cancelled", None
         except BaseException as error:  # noqa: BLE001 (the job's own exception, passed on)
             status, value = "failed", error
-        # Release the task's result on the cluster now, from this loop: the
-        # release then leaves in the client's next batch, ahead of the next
-        # job's submit, instead of whenever the job object is collected (a
-        # release sent just after a submit costs the next submit the client's
-        # 10 ms batching interval).
-        job._dask_future = None
-        future.release()
         # Ended here, on the loop: waiters in result() and asyncio futures
-        # are woken from here, done callbacks on the finisher thread.
+        # are woken from here, done callbacks on the finisher thread. No other
+        # thread holds the job afterwards, so its Dask result is released
+        # when the caller drops the job, as a Dask future's would be: after a
+        # result() that is before the caller's next submit, in the same
+        # client batch (ended on another thread, the job could outlive the
+        # next submit, whose batch the release then delayed by 10 ms).
         self._on_task_end(job, status, value)
 
     def _on_task_end(self, job: DaskJob, status: JobStatus, value: Any) -> None:
