@@ -21,11 +21,20 @@ Invariants (the client keeps them under one lock, ``DaskPool._lock``):
   at every ``stats()`` snapshot.
 
 A worker reports a start with a Dask event (``log_event``) that the client
-subscribes to; a job is "running" from that report on. ``cancel()`` answers
-True while no start was reported and then cancels the Dask task; should the
-worker have started it in the same instant, its result is dropped and its
-token tripped, so the job still ends "cancelled" and only that one outcome
-is seen. Token cancellation and deadlines are watched by one client thread.
+subscribes to, once the job has run ``_START_REPORT_DELAY`` (a shorter job's
+result is its report); a job is "running" from that report on (a result
+that overtakes it counts as one). ``cancel()`` answers True while no start
+was reported and then cancels the Dask task; should the worker have started
+it meanwhile, its result is dropped and its token tripped, so the job still
+ends "cancelled" and only that one outcome is seen. A job Dask retries after
+its worker died stays "running", counted once; past ``allowed-failures`` it
+fails with ``distributed.KilledWorker``. Token cancellation and deadlines are
+watched by one client thread.
+
+Jobs are Dask *data-producer* tasks, so a scheduler with queuing on holds
+those no worker thread is free for and starts them in priority order.
+Results are gathered, and jobs ended, on the client's event loop; done
+callbacks run on the pool's finisher thread.
 """
 
 from __future__ import annotations
