@@ -1,16 +1,21 @@
 """DaskPool beside plain Dask ``client.submit`` on one LocalCluster, one run.
 
-    python stress/bench_dask.py [--repeats 50] [--burst 400]
+    python stress/bench_dask.py [--repeats 50] [--burst 400] [--cancels 7]
 
 Three figures, each for both and as a ratio (Raptors / Dask):
 
-- round trip: median seconds of ``submit(dot, a, b).result()`` (64-vectors);
+- round trip: median seconds of ``submit(dot, a, b).result()`` (64-vectors),
+  ``--repeats`` each, in alternating blocks of 10 so machine noise spreads
+  over both;
 - burst throughput: jobs per second for ``--burst`` scoring jobs (8 queries
   against a scattered 20,000 x 256 float32 matrix, top 10), answers compared;
-- cancel to end: seconds from ``token.cancel()`` to the end of a running
-  2,500 x 2,500 matmul; plain Dask cannot stop a running task, so its figure
-  is the time the worker stays busy after ``future.cancel()``, that is the
-  kernel's remaining run (measured as the whole run, cancelled at its start).
+- cancel: ``--cancels`` times, ``token.cancel()`` 20 ms into a running
+  2,500 x 2,500 matmul; medians of the seconds until the kernel stopped on
+  its worker (the task's compute end in Dask's task stream) and until the
+  job ended on the client. Plain Dask cannot stop a running task, so its
+  figure is the time the worker stays busy after ``future.cancel()``, that
+  is the kernel's remaining run (measured as the whole run, cancelled at its
+  start).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--burst", type=int, default=400)
+    parser.add_argument("--cancels", type=int, default=7)
     args = parser.parse_args()
     with (
         dask.config.set({"distributed.scheduler.worker-saturation": 1.0}),
@@ -53,18 +59,26 @@ def main() -> None:
         a = np.random.default_rng(0).standard_normal(64)
         rows: list[tuple[str, float, float, str]] = []
 
-        def median_round_trip(send: object) -> float:
-            times = []
-            for _ in range(args.repeats):
-                started = time.perf_counter()
-                send()  # type: ignore[operator]
-                times.append(time.perf_counter() - started)
-            return statistics.median(times)
+        def round_trip(send: object) -> float:
+            started = time.perf_counter()
+            send()  # type: ignore[operator]
+            return time.perf_counter() - started
 
-        median_round_trip(lambda: pool.submit(rp.dot, a, a).result())  # warm both paths
-        median_round_trip(lambda: client.submit(np.dot, a, a, pure=False).result())
-        raptors_rt = median_round_trip(lambda: pool.submit(rp.dot, a, a).result())
-        dask_rt = median_round_trip(lambda: client.submit(np.dot, a, a, pure=False).result())
+        def send_raptors() -> None:
+            pool.submit(rp.dot, a, a).result()
+
+        def send_dask() -> None:
+            client.submit(np.dot, a, a, pure=False).result()
+
+        times: dict[object, list[float]] = {send_raptors: [], send_dask: []}
+        for send in times:  # warm both paths
+            for _ in range(10):
+                round_trip(send)
+        for block in range(max(1, args.repeats // 10)):
+            for send, seen in times.items() if block % 2 else reversed(times.items()):
+                seen += [round_trip(send) for _ in range(10)]
+        raptors_rt = statistics.median(times[send_raptors])
+        dask_rt = statistics.median(times[send_dask])
         rows.append(("round trip, median s", raptors_rt, dask_rt, "lower is better"))
 
         matrix = np.random.default_rng(1).standard_normal((20_000, 256)).astype(np.float32)
@@ -91,24 +105,43 @@ def main() -> None:
         n = 2500
         big = pool.scatter(np.ones((n, n)))
         [big_future] = client.scatter([np.ones((n, n))], broadcast=True)
-        token = rp.CancelToken()
-        job = pool.submit(rp.matmul, big, big, token=token)
-        with pool._lock:  # notified on every state change
-            pool._lock.wait_for(lambda: job.status != "queued", 60)
-        cancelled_at = time.perf_counter()
-        token.cancel()
-        with contextlib.suppress(concurrent.futures.CancelledError):
-            job.result(600)
-        raptors_stop = time.perf_counter() - cancelled_at
-        status = job.status
+        stops: list[float] = []
+        ends: list[float] = []
+        statuses: set[str] = set()
+        for _ in range(args.cancels):
+            token = rp.CancelToken()
+            with distributed.get_task_stream(client) as stream:
+                job = pool.submit(rp.matmul, big, big, token=token)
+                with pool._lock:  # notified on every state change
+                    pool._lock.wait_for(lambda job=job: job.status != "queued", 60)
+                time.sleep(0.02)
+                cancelled_at = time.time()
+                token.cancel()
+                with contextlib.suppress(concurrent.futures.CancelledError):
+                    job.result(600)
+                ends.append(time.time() - cancelled_at)
+                statuses.add(job.status)
+                deadline = time.monotonic() + 10
+                while not stream.data and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            stopped = [
+                part["stop"]
+                for task in stream.data
+                if task["key"] == job.id
+                for part in task["startstops"]
+                if part["action"] == "compute"
+            ]
+            stops.append(max(stopped) - cancelled_at if stopped else float("nan"))
         started = time.perf_counter()
         client.submit(np.matmul, big_future, big_future, pure=False).result()
         dask_stop = time.perf_counter() - started
-        rows.append(("cancel to end, s", raptors_stop, dask_stop, f"Raptors job: {status}"))
+        note = f"Raptors jobs: {', '.join(sorted(statuses))}"
+        rows.append(("cancel to kernel stop, s", statistics.median(stops), dask_stop, note))
+        rows.append(("cancel to job end, s", statistics.median(ends), dask_stop, note))
 
-    print(f"{'measure':<24}{'Raptors':>12}{'Dask':>12}{'ratio':>8}  note")
+    print(f"{'measure':<26}{'Raptors':>12}{'Dask':>12}{'ratio':>8}  note")
     for label, mine, other, note in rows:
-        print(f"{label:<24}{mine:>12.4g}{other:>12.4g}{mine / other:>8.2f}  {note}")
+        print(f"{label:<26}{mine:>12.4g}{other:>12.4g}{mine / other:>8.2f}  {note}")
 
 
 if __name__ == "__main__":

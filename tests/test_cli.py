@@ -125,3 +125,42 @@ def test_bench_quick_smoke(tmp_path):
     assert doc["summary"]["raptors"]["rps"] > 0
     assert doc["answers"]["raptors"] == "same"
     assert time.monotonic() - t0 < 60
+
+
+def test_demo_dask_tours_a_local_cluster():
+    pytest.importorskip("distributed")
+    r = run("demo", "--dask", timeout=90)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "priority order: high and mid started first (one per worker), then low" in out
+    assert "'doomed': cancelled" in out
+    assert "queue full: QueueFull" in out
+    assert "token cancelled a running 2,000^2 matmul: cancelled" in out
+    assert "16 concurrent calls in" in out and "demo-dask" in out
+
+
+def test_bench_dask_quick_smoke(tmp_path):
+    pytest.importorskip("distributed")
+    t0 = time.monotonic()
+    r = run(
+        "bench", "--dask", "--quick", "--duration", "1", "--warmup", "0.3",
+        "--variants", "raptors-dask", "--clients", "4", "--out", str(tmp_path),
+        timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "dask: LocalCluster at tcp://" in r.stdout
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    assert doc["answers"]["raptors-dask"] == "same"
+    assert doc["summary"]["raptors-dask"]["rps"] > 0
+    assert doc["settings"]["dask"] == {"workers": 2, "threads_per_worker": 1}
+    assert time.monotonic() - t0 < 90
+
+
+def test_bench_dask_variant_needs_a_cluster(tmp_path):
+    env = {k: v for k, v in ENV.items() if k != "RAPTORS_DASK_ADDRESS"}
+    r = subprocess.run(
+        [sys.executable, "-m", "raptors", "bench", "--variants", "raptors-dask",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+    assert r.returncode != 0 and "needs --dask" in r.stderr

@@ -15,11 +15,13 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     from raptors import service
 
+    variant = args.variant or ("raptors-dask" if args.dask else None)
     app = service.create_app(
-        args.variant,
+        variant,
         tenant_threads=args.tenant_threads,
         tenant_queue=args.tenant_queue,
         default_timeout=args.timeout,
+        dask_address=args.dask,
     )
     # Everything imported and built so far lives as long as the process: move
     # it out of the collector's sight, or every full collection rescans it
@@ -46,7 +48,7 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from raptors import _demo
 
-    return _demo.main()
+    return _demo.main(dask=args.dask)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=None,
                    help="default start deadline of a /score job, seconds (none)")  # fmt: skip
     s.add_argument("--log-level", default="warning", help="uvicorn log level (warning)")
+    s.add_argument("--dask", metavar="ADDRESS", default=None,
+                   help="score on the Dask cluster whose scheduler is at ADDRESS "
+                        "(the raptors-dask variant; needs the dask extra)")  # fmt: skip
 
     b = sub.add_parser(
         "bench",
@@ -85,11 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(b)
 
-    sub.add_parser(
+    d = sub.add_parser(
         "demo",
         help="a short tour: two pools, kernels and callables, priorities, a cancel, stats",
         description="A short offline tour of pools, priorities, cancellation and stats.",
     )
+    d.add_argument("--dask", action="store_true",
+                   help="the tour on a DaskPool over a LocalCluster started on this machine "
+                        "(needs the dask extra)")  # fmt: skip
     c = sub.add_parser(
         "capacity",
         help="threads each pool of a running service needs for a wait target",

@@ -1,17 +1,21 @@
-"""``python -m raptors demo``: a short offline tour of the public API."""
+"""``python -m raptors demo [--dask]``: a short offline tour of the public API
+(with ``--dask``: of ``raptors.dask.DaskPool`` on a LocalCluster of this machine)."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import threading
 import time
+from typing import Any
 
 import numpy as np
 
 import raptors as rp
 
 
-def _print_stats(pools: list[rp.Pool]) -> None:
+def _print_stats(pools: list[Any]) -> None:
     cols = ("submitted", "completed", "failed", "cancelled", "expired", "rejected", "queued",
             "running")  # fmt: skip
     print(f"  {'pool':<14}" + "".join(f"{c:>10}" for c in cols) + f"{'run p50 ms':>12}")
@@ -75,6 +79,110 @@ async def _tour() -> None:
         _print_stats([compute, serial])
 
 
-def main() -> int:
-    asyncio.run(_tour())
+def _gate(event_name: str) -> None:
+    """A job that holds its Dask worker until the cluster-wide event is set."""
+    import distributed
+
+    distributed.Event(event_name).wait(30)
+
+
+def _stamp(name: str) -> tuple[str, float]:
+    return name, time.time()
+
+
+def _dask_tour() -> None:
+    import uuid
+
+    import dask
+    import distributed
+
+    from raptors.batch import Batcher
+    from raptors.dask import DaskPool
+
+    print("starting a LocalCluster: 2 worker processes x 1 thread (worker-saturation 1.0) ...")
+    with (
+        dask.config.set({"distributed.scheduler.worker-saturation": 1.0}),
+        distributed.LocalCluster(
+            processes=True,
+            n_workers=2,
+            threads_per_worker=1,
+            dashboard_address=None,
+            worker_dashboard_address=None,
+        ) as cluster,
+        distributed.Client(cluster) as client,
+        DaskPool("demo-dask", client, queue=8) as pool,
+    ):
+        print(f"pool {pool.name}: scheduler {cluster.scheduler_address}, {pool.threads} threads")
+        rng = np.random.default_rng(7)
+        matrix = rng.standard_normal((5_000, 128), dtype=np.float32)
+        query = rng.standard_normal(128, dtype=np.float32)
+        handle = pool.scatter(matrix)  # sent to every worker once
+        ids, vals = pool.submit(rp.cosine_topk, handle, query, 3).result()
+        print(f"kernel on a worker: top-3 cosine ids={np.asarray(ids).tolist()} "
+              f"scores={[round(float(v), 4) for v in np.asarray(vals)]}")  # fmt: skip
+
+        # Hold both workers; the jobs behind wait at the scheduler and leave
+        # in priority order as the workers free up.
+        gate = f"demo-gate-{uuid.uuid4().hex}"
+        held = [pool.submit(_gate, gate) for _ in range(pool.threads)]
+        while not all(job.running() for job in held):
+            time.sleep(0.005)
+        jobs = {
+            name: pool.submit(_stamp, name, priority=prio)
+            for name, prio in (("low", 0), ("high", 10), ("mid", 5), ("doomed", 1))
+        }
+        print(f"queued: {pool.stats().queued} jobs; cancelling 'doomed' -> "
+              f"{jobs['doomed'].cancel()}")  # fmt: skip
+        fill = [pool.submit(_stamp, "filler") for _ in range(pool.queue_capacity - 3)]
+        try:
+            pool.submit(_stamp, "one too many")
+        except rp.QueueFull as exc:
+            print(f"queue full: {type(exc).__name__} (pool {exc.pool!r}, capacity {exc.capacity})")
+        time.sleep(0.1)  # the submits reach the scheduler before the gate opens
+        distributed.Event(gate, client=client).set()
+        started = sorted((jobs[n].result(30) for n in ("low", "high", "mid")), key=lambda r: r[1])
+        for job in (*held, *fill):
+            job.result(30)
+        first = " and ".join(sorted(name for name, _ in started[: pool.threads]))
+        print(f"priority order: {first} started first (one per worker), then "
+              f"{', '.join(name for name, _ in started[pool.threads:])}; "
+              f"'doomed': {jobs['doomed'].status}")  # fmt: skip
+
+        # A token stops a running kernel on its worker between chunks.
+        big = pool.scatter(np.ones((2_000, 2_000)))
+        token = rp.CancelToken()
+        long = pool.submit(rp.matmul, big, big, token=token)
+        while not long.running():
+            time.sleep(0.001)
+        cancelled_at = time.perf_counter()
+        token.cancel()
+        with contextlib.suppress(concurrent.futures.CancelledError):
+            long.result(30)
+        print(f"token cancelled a running 2,000^2 matmul: {long.status} "
+              f"{(time.perf_counter() - cancelled_at) * 1e3:.0f} ms later")  # fmt: skip
+
+        # A Batcher coalesces concurrent calls into batch jobs on the cluster.
+        batcher = Batcher(
+            rp.cosine_topk,
+            gather=lambda qs: (handle, np.stack(qs), 3),
+            scatter=lambda r: list(zip(*r, strict=True)),
+            max_pending=64,
+        )
+
+        async def calls() -> list[Any]:
+            queries = rng.standard_normal((16, 128), dtype=np.float32)
+            return await asyncio.gather(*(batcher.submit(pool, q) for q in queries))
+
+        answers = asyncio.run(calls())
+        print(f"batcher: {len(answers)} concurrent calls in {batcher.stats()['batches']} "
+              "batch jobs")  # fmt: skip
+        print("stats:")
+        _print_stats([pool])
+
+
+def main(dask: bool = False) -> int:
+    if dask:
+        _dask_tour()
+    else:
+        asyncio.run(_tour())
     return 0

@@ -50,6 +50,13 @@ Invariants:
   never exceeds ``max_total_inflight`` when that is set;
 * all state is touched only on the event loop thread (done callbacks are
   delivered there by ``rp.Job``), so no lock is needed.
+
+The pool is anything with the shape of ``rp.Pool`` that the batcher uses
+(`BatchPool`: ``name``, ``closed``, ``threads``, ``queue_capacity`` and a
+``submit(fn, *args, priority=, timeout=)`` whose job has
+``asyncio_future()``, ``result()`` and ``cancel()``): an ``rp.Pool``, or a
+``raptors.dask.DaskPool``, whose batch jobs then run on a Dask cluster
+(``threads``: the cluster's worker threads).
 """
 
 from __future__ import annotations
@@ -59,11 +66,50 @@ import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import raptors as rp
 
-__all__ = ["Batcher"]
+__all__ = ["BatchJob", "BatchPool", "Batcher"]
+
+
+class BatchJob(Protocol):
+    """What the batcher needs of a submitted job."""
+
+    def asyncio_future(self) -> Any:
+        """A future of the job resolved on the running loop."""
+
+    def result(self) -> Any: ...
+
+    def cancel(self) -> bool: ...
+
+
+class BatchPool(Protocol):
+    """What the batcher needs of a pool: ``rp.Pool`` and
+    ``raptors.dask.DaskPool`` have it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def threads(self) -> int: ...
+
+    @property
+    def queue_capacity(self) -> int: ...
+
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        priority: int = ...,
+        timeout: float | None = ...,
+        **kwargs: Any,
+    ) -> BatchJob: ...
+
 
 _Key = tuple[int, int, float | None]
 
@@ -80,7 +126,7 @@ class _Item:
 class _Lane:
     """Items waiting for one (pool, priority, timeout), and batch jobs in flight."""
 
-    pool: rp.Pool
+    pool: BatchPool
     priority: int
     timeout: float | None
     pending: deque[_Item] = dataclasses.field(default_factory=deque)
@@ -144,7 +190,7 @@ class Batcher:
         """Items waiting for a batch, over every pool."""
         return sum(self._pending.values())
 
-    def holds(self, pool: rp.Pool) -> bool:
+    def holds(self, pool: BatchPool) -> bool:
         """Whether items for ``pool`` wait here or its batch jobs are in flight:
         such a pool is in use even while its own queue is empty."""
         if id(pool) in self._pending:
@@ -164,7 +210,7 @@ class Batcher:
         }
 
     def submit(
-        self, pool: rp.Pool, item: Any, *, priority: int = 0, timeout: float | None = None
+        self, pool: BatchPool, item: Any, *, priority: int = 0, timeout: float | None = None
     ) -> asyncio.Future[Any]:
         """A future for ``item``'s result. When the pool refuses the batch
         (``QueueFull``, ``PoolClosed``) the future holds that exception."""
@@ -197,7 +243,8 @@ class Batcher:
 
     def _has_slot(self, lane: _Lane) -> bool:
         total = self.max_total_inflight
-        return lane.inflight < (self.max_inflight or lane.pool.threads) and (
+        # At least one: a cluster may have no worker for a moment.
+        return lane.inflight < (self.max_inflight or max(1, lane.pool.threads)) and (
             total is None or self.inflight < total
         )
 
@@ -315,7 +362,7 @@ class Batcher:
                 self._served.pop(id(lane.pool), None)
 
 
-def _queue_full(pool: rp.Pool, capacity: int) -> rp.QueueFull:
+def _queue_full(pool: BatchPool, capacity: int) -> rp.QueueFull:
     exc = rp.QueueFull(
         f"pool '{pool.name}' queue is full: all workers are busy and "
         f"{capacity} requests are already waiting for a batch"
@@ -325,7 +372,7 @@ def _queue_full(pool: rp.Pool, capacity: int) -> rp.QueueFull:
     return exc
 
 
-def _pool_closed(pool: rp.Pool) -> rp.PoolClosed:
+def _pool_closed(pool: BatchPool) -> rp.PoolClosed:
     exc = rp.PoolClosed(f"pool '{pool.name}' is closed and accepts no new jobs")
     exc.pool = pool.name
     return exc

@@ -14,6 +14,13 @@ The first ``--warmup`` seconds are discarded. The table shows medians over
 the repeats: req/s, ``/score`` p50/p99, ``/health`` p50/p99, errors, and the
 CPU (in cores) the server and the ``/score`` client used in the window.
 Variants suffixed ``:blas1`` run with ``OPENBLAS_NUM_THREADS=1``.
+
+With ``--dask`` the bench first starts a ``distributed.LocalCluster`` on this
+machine (``--dask-workers`` worker processes of ``--dask-threads`` threads,
+``worker-saturation`` 1.0) and runs the ``raptors-dask`` variant against it:
+the service's batches are scored on the cluster through a ``DaskPool``
+(default variants then: ``raptors``, ``raptors-dask``, ``numpy-to-thread``).
+The cluster shares the machine's cores with the server and the clients.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +59,7 @@ DEFAULT_VARIANTS = (
     "numpy-def:blas1",
     "noop",
 )
+DASK_VARIANTS = ("raptors", "raptors-dask", "numpy-to-thread")
 SCORE_TOL = 1e-4
 N_LOAD_QUERIES = 64
 N_CHECK_QUERIES = 16
@@ -158,10 +167,10 @@ def http_json(port: int, method: str, path: str, body: str | None = None) -> tup
 class Server:
     """One variant's uvicorn process."""
 
-    def __init__(self, v: Variant, log_dir: Path) -> None:
+    def __init__(self, v: Variant, log_dir: Path, extra_env: dict[str, str] | None = None) -> None:
         self.variant = v
         self.port = free_port()
-        env = dict(os.environ)
+        env = dict(os.environ, **(extra_env or {}))
         if v.blas1:
             env["OPENBLAS_NUM_THREADS"] = "1"
         self.log_path = log_dir / f"server-{v.label.replace(':', '-')}.log"
@@ -339,9 +348,46 @@ def main(args: argparse.Namespace) -> int:
         args.repeats = 1
         args.duration = args.duration if args.duration_given else 3.0
         args.warmup = args.warmup if args.warmup_given else 1.0
+    if args.variants is None:
+        args.variants = ",".join(DASK_VARIANTS if args.dask else DEFAULT_VARIANTS)
     variants = [Variant.parse(v.strip()) for v in args.variants.split(",") if v.strip()]
     if not variants:
         raise SystemExit("no variants")
+    wants_dask = any(v.variant == "raptors-dask" for v in variants)
+    if wants_dask and not args.dask and not os.environ.get("RAPTORS_DASK_ADDRESS"):
+        raise SystemExit("the raptors-dask variant needs --dask (or RAPTORS_DASK_ADDRESS)")
+    with contextlib.ExitStack() as stack:
+        extra_env: dict[str, str] = {}
+        if args.dask and wants_dask:
+            address = stack.enter_context(_local_cluster(args.dask_workers, args.dask_threads))
+            extra_env["RAPTORS_DASK_ADDRESS"] = address
+            print(f"dask: LocalCluster at {address}, {args.dask_workers} worker process(es) x "
+                  f"{args.dask_threads} thread(s)", flush=True)  # fmt: skip
+        return _run(args, variants, extra_env)
+
+
+@contextlib.contextmanager
+def _local_cluster(workers: int, threads: int) -> Iterator[str]:
+    """A LocalCluster of worker processes on this machine; yields its address."""
+    try:
+        import dask
+        import distributed
+    except ImportError:
+        raise SystemExit('--dask needs the extra: pip install "raptors[dask]"') from None
+    with (
+        dask.config.set({"distributed.scheduler.worker-saturation": 1.0}),
+        distributed.LocalCluster(
+            processes=True,
+            n_workers=workers,
+            threads_per_worker=threads,
+            dashboard_address=None,
+            worker_dashboard_address=None,
+        ) as cluster,
+    ):
+        yield cluster.scheduler_address
+
+
+def _run(args: argparse.Namespace, variants: list[Variant], extra_env: dict[str, str]) -> int:
     if not (0 < args.duration <= 600) or args.repeats < 1 or not (1 <= args.clients <= 256):
         raise SystemExit("need 0 < duration <= 600, repeats >= 1, 1 <= clients <= 256")
     out_dir = Path(args.out)
@@ -374,7 +420,7 @@ def main(args: argparse.Namespace) -> int:
         try:
             for v in variants:
                 print(f"starting {v.label} ...", flush=True)
-                server = Server(v, out_dir)
+                server = Server(v, out_dir, extra_env)
                 servers.append(server)
                 server.wait_ready()
                 answers[v.label] = verify_answers(server.port, v, checks, check_vectors, matrix64)
@@ -400,6 +446,11 @@ def main(args: argparse.Namespace) -> int:
         "command": " ".join(["python -m raptors bench", *args.argv]),
         "machine": machine,
         "settings": {
+            "dask": (
+                {"workers": args.dask_workers, "threads_per_worker": args.dask_threads}
+                if extra_env
+                else None
+            ),
             "clients": args.clients,
             "duration": args.duration,
             "warmup": args.warmup,
@@ -444,8 +495,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clients", type=int, default=16, help="concurrent /score connections (16)")
     p.add_argument("--health-interval", type=float, default=0.010,
                    help="seconds between /health polls (0.010)")  # fmt: skip
-    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                   help="comma-separated (default: all); from: "
+    p.add_argument("--dask", action="store_true",
+                   help="start a LocalCluster on this machine and bench the raptors-dask "
+                        "variant on it (needs the dask extra)")  # fmt: skip
+    p.add_argument("--dask-workers", type=int, default=2,
+                   help="--dask: worker processes (2)")  # fmt: skip
+    p.add_argument("--dask-threads", type=int, default=1,
+                   help="--dask: threads per worker (1)")  # fmt: skip
+    p.add_argument("--variants", default=None,
+                   help="comma-separated (default: all but raptors-dask; with --dask: "
+                   + ",".join(DASK_VARIANTS) + "); from: "
                    + ", ".join(service.VARIANTS) + " (suffix :blas1 for OPENBLAS_NUM_THREADS=1)")  # fmt: skip
     p.add_argument("--out", default="bench-results", help="directory for bench.json, bench.png")
 

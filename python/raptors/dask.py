@@ -21,17 +21,27 @@ Invariants (the client keeps them under one lock, ``DaskPool._lock``):
   at every ``stats()`` snapshot.
 
 A worker reports a start with a Dask event (``log_event``) that the client
-subscribes to; a job is "running" from that report on. ``cancel()`` answers
-True while no start was reported and then cancels the Dask task; should the
-worker have started it in the same instant, its result is dropped and its
-token tripped, so the job still ends "cancelled" and only that one outcome
-is seen. Token cancellation and deadlines are watched by one client thread.
+subscribes to, once the job has run ``_START_REPORT_DELAY`` (a shorter job's
+result is its report); a job is "running" from that report on (a result
+that overtakes it counts as one). ``cancel()`` answers True while no start
+was reported and then cancels the Dask task; should the worker have started
+it meanwhile, its result is dropped and its token tripped, so the job still
+ends "cancelled" and only that one outcome is seen. A job Dask retries after
+its worker died stays "running", counted once; past ``allowed-failures`` it
+fails with ``distributed.KilledWorker``. Token cancellation and deadlines are
+watched by one client thread.
+
+Jobs are Dask *data-producer* tasks, so a scheduler with queuing on holds
+those no worker thread is free for and starts them in priority order.
+Results are gathered, and jobs ended, on the client's event loop; done
+callbacks run on the pool's finisher thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import heapq
 import itertools
@@ -51,16 +61,30 @@ from distributed.threadpoolexecutor import thread_state
 from . import _pool, _raptors
 from ._raptors import CancelToken, DeadlineExceeded, JobCancelled, Kernel, PoolClosed, QueueFull
 
-__all__ = ["DaskJob", "DaskPool", "DaskPoolStats", "RaptorsWorkerPlugin", "Scattered"]
+__all__ = [
+    "DaskJob",
+    "DaskPool",
+    "DaskPoolCollector",
+    "DaskPoolStats",
+    "RaptorsWorkerPlugin",
+    "Scattered",
+]
 
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled", "expired"]
 _TERMINAL = frozenset({"done", "failed", "cancelled", "expired"})
 # How often the watcher thread looks at the tokens of unfinished jobs:
 # CancelToken has no callback, and 2 ms keeps cancel-to-stop well below 50 ms.
 _TOKEN_POLL_SECONDS = 0.002
+# How often the pool asks the scheduler for the cluster's threads.
+_THREADS_REFRESH_SECONDS = 1.0
 # Recent jobs kept for the wait and run percentiles.
 _RECENT = 1024
 _PLUGIN_NAME = "raptors"
+# A worker reports a job's start only once it has run this long: a shorter
+# job's result is its start report, and one message fewer on the worker's and
+# the scheduler's batched streams saves their batching interval (2 ms each)
+# on every short job's round trip.
+_START_REPORT_DELAY = 0.002
 _log = logging.getLogger(__name__)
 
 
@@ -161,9 +185,13 @@ def _run_job(
             return ("cancelled", None)
         plugin.tokens[job_id] = token
     try:
-        worker.log_event(topic, ("start", job_id, worker.address))
+        started = time.monotonic()
         job = plugin.pool.submit(fn, *args, token=token, **kwargs)
         try:
+            if not job._wait(_START_REPORT_DELAY):
+                # Still running: report the start (with the time it has run).
+                elapsed = time.monotonic() - started
+                worker.log_event(topic, ("start", job_id, worker.address, elapsed))
             return ("done", job.result())
         except JobCancelled:
             return ("cancelled", None)
@@ -179,7 +207,7 @@ def _run_job(
 class DaskPoolStats:
     """A consistent snapshot of a `DaskPool`, with `rp.PoolStats`' names.
 
-    ``threads`` is the cluster's worker threads at the snapshot;
+    ``threads`` is the cluster's worker threads (as of the last look, every second);
     ``utilization`` is busy job time / (threads x elapsed) since the pool
     started."""
 
@@ -230,6 +258,9 @@ class DaskJob(concurrent.futures.Future[Any]):
         self._worker: str | None = None
         self._submitted_at = time.monotonic()
         self._started_at: float | None = None
+        self._tripped = False  # its token was tripped on its worker
+        # Futures of ``asyncio_future()`` calls, resolved by ``_finish``.
+        self._asyncio: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = []
 
     @property
     def pool(self) -> str:
@@ -247,11 +278,38 @@ class DaskJob(concurrent.futures.Future[Any]):
         already cancelled; False when it runs or ended otherwise."""
         return self._pool._cancel_job(self)
 
+    def asyncio_future(self) -> asyncio.Future[Any]:
+        """An asyncio future of this job on the running loop, resolved on that
+        loop when the job ends (as ``rp.Job.asyncio_future``). Cancelling it
+        cancels the job: a queued job is dropped, a running one runs on
+        (``cancel()`` is False) while the awaiting task gets CancelledError."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        future.add_done_callback(self._on_asyncio_done)
+        with self._pool._lock:  # the lock every end of a job holds
+            if not self.done():
+                self._asyncio.append((loop, future))
+                return future
+        _copy_outcome(self, future)
+        return future
+
+    def _on_asyncio_done(self, future: asyncio.Future[Any]) -> None:
+        if future.cancelled():
+            self.cancel()
+
     def __await__(self) -> Generator[Any, None, Any]:
-        # wrap_future cancels this job when the awaiting task is cancelled:
-        # a queued job is dropped, a running one runs on (cancel() is False)
-        # while the task gets CancelledError at once.
-        return asyncio.wrap_future(self).__await__()
+        return self.asyncio_future().__await__()
+
+    def _invoke_callbacks(self) -> None:
+        # Done callbacks run on the pool's finisher thread, never on the
+        # thread that ended the job (often the client's event loop, which
+        # must not block: it delivers every other job and Dask's messages).
+        # (CPython's Future keeps them in _done_callbacks, unknown to typeshed.)
+        if self._done_callbacks:  # type: ignore[attr-defined]
+            try:
+                self._pool._finisher.submit(super()._invoke_callbacks)  # type: ignore[misc]
+            except RuntimeError:  # the pool closed its finisher: run them here
+                super()._invoke_callbacks()  # type: ignore[misc]
 
     def __repr__(self) -> str:
         return f"<raptors.dask.DaskJob {self.id} pool={self.pool!r} {self._status}>"
@@ -311,7 +369,10 @@ class DaskPool(concurrent.futures.Executor):
         self._watcher = threading.Thread(
             target=self._watch, name=f"raptors-dask-{name}", daemon=True
         )
+        self._threads = 0
+        self._threads_due = 0.0
         self.client.register_plugin(RaptorsWorkerPlugin())
+        self._refresh_threads()
         self.client.subscribe_topic(self._topic, self._on_event)
         self._watcher.start()
 
@@ -369,17 +430,17 @@ class DaskPool(concurrent.futures.Executor):
                 heapq.heappush(self._deadlines, (time.monotonic() + timeout, next(self._ids), job))
             if token is not None or timeout is not None:
                 self._lock.notify_all()
-        future = self.client.submit(
-            _run_job,
+        future = self._send(
             job.id,
-            self._topic,
-            deadline,
-            _KernelByName(fn.__name__) if isinstance(fn, Kernel) else fn,
-            tuple(_unwrap(arg) for arg in args),
-            {key: _unwrap(value) for key, value in kwargs.items()},
-            key=job.id,
-            priority=priority,
-            pure=False,
+            priority,
+            (
+                job.id,
+                self._topic,
+                deadline,
+                _KernelByName(fn.__name__) if isinstance(fn, Kernel) else fn,
+                tuple(_unwrap(arg) for arg in args),
+                {key: _unwrap(value) for key, value in kwargs.items()},
+            ),
         )
         with self._lock:
             job._dask_future = future
@@ -393,6 +454,23 @@ class DaskPool(concurrent.futures.Executor):
         assert loop is not None, "an open Client has a loop"
         loop.add_callback(self._collect, job, future)
         return job
+
+    def _send(self, key: str, priority: int, args: tuple[Any, ...]) -> distributed.Future[Any]:
+        """One Dask task of ``_run_job(*args)``, marked a *data producer*:
+        the scheduler then treats every job as root-ish whatever the size of
+        its task group, so with queuing on (``worker-saturation`` finite) it
+        holds the jobs no worker thread is free for and hands them out in
+        priority order as threads free up. Without the marking a small group
+        goes to the workers at once and a later high priority waits behind
+        it. Built like ``Client.submit`` builds its task, with the marking;
+        dask versions without it get ``Client.submit``."""
+        if _Task is not None and _LLGExpr is not None:
+            task = _Task(key, _run_job, *map(_parse_input, args), _data_producer=True)
+            expr = _LLGExpr({key: task}, _determ_token=uuid.uuid4().hex)
+            future = self.client.get(expr, key, sync=False, priority=priority, fifo_timeout="100ms")
+            assert isinstance(future, distributed.Future)
+            return future
+        return self.client.submit(_run_job, *args, key=key, priority=priority, pure=False)
 
     def scatter(self, obj: Any) -> Scattered:
         """Sends ``obj`` to every worker once; the handle stands for it in ``submit``."""
@@ -475,8 +553,16 @@ class DaskPool(concurrent.futures.Executor):
 
     # ------------------------------------------------------------ stats
 
+    @property
+    def threads(self) -> int:
+        """The cluster's worker threads, as of the last look (every second):
+        what a `Batcher` sizes its batch jobs in flight by."""
+        return self._threads
+
     def stats(self) -> DaskPoolStats:
-        threads = sum(self.client.nthreads().values())
+        """A snapshot; ``threads`` is the cluster's worker threads as of the
+        last look (every second), so stats never wait for the scheduler."""
+        threads = self._threads
         with self._lock:
             waits = sorted(self._waits)
             runs = sorted(self._runs)
@@ -515,8 +601,8 @@ class DaskPool(concurrent.futures.Executor):
         self._counts[{"done": "completed"}.get(status, status)] += 1
         self._jobs.pop(job.id, None)
         self._lock.notify_all()
-        # The Future's own state and callbacks (which run here, on whichever
-        # thread ended the job, as concurrent.futures does).
+        # The Future's own state (its done callbacks go to the finisher
+        # thread, see DaskJob._invoke_callbacks) and its asyncio futures.
         if status == "done":
             job.set_result(value)
         elif status == "failed":
@@ -525,6 +611,10 @@ class DaskPool(concurrent.futures.Executor):
             job.set_exception(DeadlineExceeded(f"job {job.id} did not start within its timeout"))
         else:
             concurrent.futures.Future.cancel(job)
+        waiters, job._asyncio = job._asyncio, []
+        for loop, future in waiters:
+            with contextlib.suppress(RuntimeError):  # that loop is closed
+                loop.call_soon_threadsafe(_copy_outcome, job, future)
         return True
 
     def _cancel_job(self, job: DaskJob) -> bool:
@@ -543,26 +633,32 @@ class DaskPool(concurrent.futures.Executor):
 
     def _on_event(self, event: tuple[float, Any]) -> None:
         """A worker's start report (runs on the client's event loop)."""
-        kind, job_id, worker = event[1]
+        kind, job_id, worker, elapsed = event[1]
         with self._lock:
             job = self._jobs.get(job_id)
-            if kind != "start" or job is None or job._status != "queued":
+            if kind != "start" or job is None or job._status in _TERMINAL:
                 return
-            job._status = "running"
-            job._worker = worker
-            job._started_at = time.monotonic()
-            self._waits.append(job._started_at - job._submitted_at)
-            self._counts["queued"] -= 1
-            self._counts["running"] += 1
-            self._lock.notify_all()
-            tripped = job.token is not None and job.token.cancelled
+            if job._status == "running":
+                # Dask retried the job on another worker (its first worker
+                # died): it stays running, counted once; a token already
+                # tripped must reach the new worker too.
+                job._worker = worker
+                tripped = job._tripped
+            else:
+                job._status = "running"
+                job._worker = worker
+                job._started_at = max(job._submitted_at, time.monotonic() - elapsed)
+                self._waits.append(job._started_at - job._submitted_at)
+                self._counts["queued"] -= 1
+                self._counts["running"] += 1
+                self._lock.notify_all()
+                tripped = job.token is not None and job.token.cancelled
         if tripped:
             self._trip([job])
 
     async def _collect(self, job: DaskJob, future: distributed.Future[Any]) -> None:
-        """Awaits the Dask task's end on the client's loop, then ends the job
-        on the pool's own thread: done callbacks must not run on (or block)
-        the loop that delivers every other job."""
+        """Awaits the Dask task's end on the client's loop and ends the job
+        there (one thread hop fewer than ending it on another thread)."""
         status: JobStatus
         try:
             outcome, value = await future._result()
@@ -571,7 +667,14 @@ class DaskPool(concurrent.futures.Executor):
             status, value = "cancelled", None
         except BaseException as error:  # noqa: BLE001 (the job's own exception, passed on)
             status, value = "failed", error
-        self._finisher.submit(self._on_task_end, job, status, value)
+        # Ended here, on the loop: waiters in result() and asyncio futures
+        # are woken from here, done callbacks on the finisher thread. No other
+        # thread holds the job afterwards, so its Dask result is released
+        # when the caller drops the job, as a Dask future's would be: after a
+        # result() that is before the caller's next submit, in the same
+        # client batch (ended on another thread, the job could outlive the
+        # next submit, whose batch the release then delayed by 10 ms).
+        self._on_task_end(job, status, value)
 
     def _on_task_end(self, job: DaskJob, status: JobStatus, value: Any) -> None:
         with self._lock:
@@ -584,6 +687,7 @@ class DaskPool(concurrent.futures.Executor):
         """Trips the worker-local tokens of ``jobs`` (those a worker started)."""
         by_worker: dict[str | None, list[str]] = {}
         for job in jobs:
+            job._tripped = True
             by_worker.setdefault(job._worker, []).append(job.id)
         for worker, ids in by_worker.items():
             if self.client.status not in ("running", "connecting"):
@@ -602,6 +706,8 @@ class DaskPool(concurrent.futures.Executor):
         while True:
             to_trip: list[DaskJob] = []
             to_cancel: list[DaskJob] = []
+            if time.monotonic() >= self._threads_due:
+                self._refresh_threads()
             with self._lock:
                 if self._closed and not self._jobs:
                     return
@@ -628,7 +734,8 @@ class DaskPool(concurrent.futures.Executor):
                     if self._deadlines:
                         until = self._deadlines[0][0] - now
                         wait = until if wait is None else min(wait, until)
-                    self._lock.wait(wait if wait is not None else 1.0)
+                    refresh = max(0.0, self._threads_due - now)
+                    self._lock.wait(refresh if wait is None else min(wait, refresh))
                     continue
             for job in to_cancel:
                 if job._dask_future is not None:
@@ -636,9 +743,129 @@ class DaskPool(concurrent.futures.Executor):
             if to_trip:
                 self._trip(to_trip)
 
+    def _refresh_threads(self) -> None:
+        """``threads`` from the scheduler (kept when it cannot be asked)."""
+        self._threads_due = time.monotonic() + _THREADS_REFRESH_SECONDS
+        if self.client.status not in ("running", "connecting"):
+            return
+        try:
+            self._threads = sum(self.client.nthreads().values())
+        except Exception:  # noqa: BLE001 (a closing client: keep the last figure)
+            _log.debug("pool %r: could not refresh the cluster's threads", self.name)
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<raptors.dask.DaskPool {self.name!r} queue={self.queue_capacity} {state}>"
+
+
+# ---------------------------------------------------------------- Prometheus
+
+_DASK_GAUGES = (
+    ("queued", "Jobs submitted and not yet started on a worker (the backlog)."),
+    ("running", "Jobs running on the workers now."),
+    ("threads", "Worker threads of the cluster (as of the pool's last look)."),
+    ("queue_capacity", "Bound on queued jobs (QueueFull beyond)."),
+    ("max_queued", "Highest backlog seen."),
+    ("utilization", "Busy job time / (threads x elapsed) since the pool started."),
+    (
+        "saturation",
+        (
+            "(queued + running) / threads: worker threads the pool's jobs could use now "
+            "per thread there is (above 1: add workers; +Inf with work and no worker)."
+        ),
+    ),
+)
+_DASK_COUNTERS = (
+    ("submitted", "Jobs accepted."),
+    ("completed", "Jobs that finished successfully."),
+    ("failed", "Jobs that raised (a worker's death past allowed-failures included)."),
+    ("cancelled", "Jobs cancelled."),
+    ("expired", "Jobs whose start deadline passed."),
+    ("rejected", "Submits refused with QueueFull."),
+)
+
+
+def _saturation(st: DaskPoolStats) -> float:
+    demand = st.queued + st.running
+    if st.threads:
+        return demand / st.threads
+    return float("inf") if demand else 0.0
+
+
+class DaskPoolCollector:
+    """A ``prometheus_client`` collector of `DaskPool` stats, read at scrape
+    time (``registry.register(DaskPoolCollector(pool))``; ``add`` more
+    pools later). Families, labelled ``pool``: gauges
+    ``raptors_dask_pool_{queued,running,threads,queue_capacity,max_queued,
+    utilization,saturation}``, counters ``raptors_dask_jobs_{submitted,
+    completed,failed,cancelled,expired,rejected}_total`` and
+    ``raptors_dask_job_{wait,run}_seconds{quantile="0.5"|"0.99"}``.
+    ``saturation`` and ``queued`` are the autoscaling signals
+    (docs/scale-out.md). Needs ``prometheus_client`` (the fastapi extra)."""
+
+    def __init__(self, *pools: DaskPool) -> None:
+        self.pools = list(pools)
+
+    def add(self, pool: DaskPool) -> DaskPool:
+        self.pools.append(pool)
+        return pool
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        snapshots = [pool.stats() for pool in self.pools]
+        for field, doc in _DASK_GAUGES:
+            gauge = GaugeMetricFamily(f"raptors_dask_pool_{field}", doc, labels=["pool"])
+            for st in snapshots:
+                value = _saturation(st) if field == "saturation" else getattr(st, field)
+                gauge.add_metric([st.name], float(value))
+            yield gauge
+        for field, doc in _DASK_COUNTERS:
+            counter = CounterMetricFamily(f"raptors_dask_jobs_{field}", doc, labels=["pool"])
+            for st in snapshots:
+                counter.add_metric([st.name], float(getattr(st, field)))
+            yield counter
+        for kind, doc in (("wait", "Seconds from submit to start"), ("run", "Seconds run")):
+            gauge = GaugeMetricFamily(
+                f"raptors_dask_job_{kind}_seconds",
+                f"{doc}, recent jobs, by quantile.",
+                labels=["pool", "quantile"],
+            )
+            for st in snapshots:
+                gauge.add_metric([st.name, "0.5"], float(getattr(st, f"{kind}_p50")))
+                gauge.add_metric([st.name, "0.99"], float(getattr(st, f"{kind}_p99")))
+            yield gauge
+
+
+def _producer_task_api() -> tuple[Any, Any, Any]:
+    """dask's ``Task`` (when it takes ``_data_producer``), ``LLGExpr`` and
+    ``parse_input``; Nones when this dask lacks them."""
+    try:
+        from dask._expr import LLGExpr
+        from dask._task_spec import Task, parse_input
+
+        Task("probe", abs, 1, _data_producer=True)
+    except (ImportError, TypeError):
+        return None, None, None
+    return Task, LLGExpr, parse_input
+
+
+_Task, _LLGExpr, _parse_input = _producer_task_api()
+
+
+def _copy_outcome(job: DaskJob, future: asyncio.Future[Any]) -> None:
+    """``job``'s outcome into ``future`` (on the future's loop)."""
+    if future.done():
+        return
+    if job.cancelled():
+        future.cancel()
+    elif (error := job.exception(0)) is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(job.result(0))
 
 
 def _unwrap(value: Any) -> Any:

@@ -15,6 +15,10 @@ response encoding and the answers; only the scoring call differs:
   per batch, and the worker never takes the GIL);
 * ``raptors-single``: one native ``rp.cosine_topk(matrix, q, 10)`` job per
   request;
+* ``raptors-dask``: the ``raptors`` batcher forwarding its batches to a Dask
+  cluster (``raptors.dask.DaskPool`` on the scheduler at
+  ``RAPTORS_DASK_ADDRESS``; the matrix scattered to every worker once);
+  ``/metrics`` adds the pool's ``raptors_dask_*`` families;
 * ``numpy-inline``: NumPy called inside the ``async def`` endpoint;
 * ``numpy-to-thread``: NumPy through ``await asyncio.to_thread``;
 * ``numpy-anyio-tenant``: NumPy through ``anyio.to_thread.run_sync`` with one
@@ -35,10 +39,12 @@ threads fairly between busy tenants (equal weights).
 """
 
 import asyncio
+import contextlib
 import inspect
 import json
 import math
 import os
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import numpy as np
@@ -52,6 +58,7 @@ SEED = 20_240_917
 VARIANTS = (
     "raptors",
     "raptors-single",
+    "raptors-dask",
     "numpy-inline",
     "numpy-to-thread",
     "numpy-anyio-tenant",
@@ -170,7 +177,7 @@ def topk_numpy(matrix: np.ndarray, q: np.ndarray, k: int = K) -> tuple[np.ndarra
 
 
 def make_raptors_batcher(
-    matrix: np.ndarray,
+    matrix: np.ndarray | dict[str, Any],
     k: int = K,
     *,
     max_batch: int = 32,
@@ -182,11 +189,13 @@ def make_raptors_batcher(
     tenant budget shares the CPU between tenants. ``max_total_inflight``
     (default: no limit) caps the batch jobs in flight over every tenant, a
     bound on memory and on how many batches wait in the pools, not the
-    CPU-sharing mechanism."""
+    CPU-sharing mechanism. ``matrix`` may be a dict whose ``"matrix"`` is
+    read at each batch (a Dask scatter handle, known once the app started)."""
     from raptors.fastapi import Batcher
 
-    def gather(queries: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
-        return matrix, np.stack(queries), k
+    def gather(queries: list[np.ndarray]) -> tuple[Any, np.ndarray, int]:
+        data = matrix["matrix"] if isinstance(matrix, dict) else matrix
+        return data, np.stack(queries), k
 
     def scatter(result: tuple[np.ndarray, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         ids, scores = result
@@ -220,6 +229,7 @@ def create_app(
     default_timeout: float | None = None,
     tenant_budget: bool | None = None,
     admission: str | None = None,
+    dask_address: str | None = None,
 ) -> Any:
     """Build the demo FastAPI app. Defaults come from ``RAPTORS_VARIANT``,
     ``RAPTORS_TENANT_THREADS`` (default: one less than the usable cores, at
@@ -231,6 +241,9 @@ def create_app(
     tenant keeps its pool) and ``RAPTORS_ADMISSION`` (default
     ``predictive``: a request with a timeout that its tenant pool predicts
     it would miss gets a 503 at once; ``bounded``: the queue bound alone).
+    The ``raptors-dask`` variant connects to the Dask scheduler at
+    ``dask_address`` (default ``RAPTORS_DASK_ADDRESS``) in the lifespan, with
+    a ``DaskPool`` whose queue is ``tenant_queue``.
 
     ``tenant_threads`` is the size of the budget every tenant pool shares
     (each tenant may use all of it; busy tenants share it equally). With
@@ -283,7 +296,14 @@ def create_app(
         # Recent FastAPI looks up the OpenTelemetry providers on every request
         # (tens of microseconds); this service exports no traces.
         options["telemetry"] = {"tracing": False, "metrics": False, "logs": False}
-    app = FastAPI(title="raptors demo scoring service", lifespan=rx.lifespan, **options)
+    lifespan = rx.lifespan
+    dask_state: dict[str, Any] = {}
+    if variant == "raptors-dask":
+        address = dask_address or os.environ.get("RAPTORS_DASK_ADDRESS")
+        if not address:
+            raise ValueError("the raptors-dask variant needs dask_address or RAPTORS_DASK_ADDRESS")
+        lifespan = _dask_lifespan(rx, address, tenant_queue, m, dask_state)
+    app = FastAPI(title="raptors demo scoring service", lifespan=lifespan, **options)
     app.state.variant = variant
     app.state.matrix = m
     rx.install(app)
@@ -319,6 +339,19 @@ def create_app(
         ) -> Response:
             priority, timeout = job_options(request)
             fut = batcher.submit(pool, q, priority=priority, timeout=timeout)
+            ids, scores = await rx.wait(request, fut)
+            return answer(ids, scores)
+
+    elif variant == "raptors-dask":
+        batcher = rx.batcher("score-dask", make_raptors_batcher(dask_state))
+        app.state.batcher = batcher
+
+        @app.post("/score")
+        async def score_raptors_dask(
+            request: Request, q: Annotated[np.ndarray, Depends(query)]
+        ) -> Response:
+            priority, timeout = job_options(request)
+            fut = batcher.submit(dask_state["pool"], q, priority=priority, timeout=timeout)
             ids, scores = await rx.wait(request, fut)
             return answer(ids, scores)
 
@@ -378,6 +411,32 @@ def create_app(
             return Response(fixed, media_type="application/json")
 
     return app
+
+
+def _dask_lifespan(
+    rx: Any, address: str, queue: int, matrix: np.ndarray, state: dict[str, Any]
+) -> Any:
+    """The app's lifespan with a ``DaskPool`` on ``address``: opened (and the
+    matrix scattered to every worker) inside ``rx``'s lifespan, its stats
+    added to ``/metrics``, closed before ``rx``'s pools."""
+    from raptors.dask import DaskPool, DaskPoolCollector
+
+    collector = DaskPoolCollector()
+    rx.registry.register(collector)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        async with rx.lifespan(app):
+            pool = await asyncio.to_thread(DaskPool, "score-dask", address=address, queue=queue)
+            try:
+                state["matrix"] = await asyncio.to_thread(pool.scatter, matrix)
+                state["pool"] = collector.add(pool)
+                app.state.dask_pool = pool
+                yield
+            finally:
+                await asyncio.to_thread(pool.close)
+
+    return lifespan
 
 
 def app_from_env() -> Any:
