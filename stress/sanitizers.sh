@@ -24,7 +24,7 @@ miri() {
     # No backtraces: capturing one for each caught panic takes Miri seconds.
     RUST_BACKTRACE=0 MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-disable-isolation -Zmiri-ignore-leaks" \
         CARGO_TARGET_DIR="$root/target/miri" \
-        cargo +nightly miri test -p raptors-runtime --lib --test admission --test basics \
+        cargo +nightly miri test -p raptors-runtime --lib --test admission --test basics --test lifecycle \
         2>&1 | tee "$logs/miri.log"
 }
 

@@ -349,3 +349,39 @@ def test_invariant_under_native_churn(rp, make_pool):
     assert s.completed == sum(j.status == "done" for j in jobs)
     assert s.cancelled == sum(j.status == "cancelled" for j in jobs)
     assert s.expired == sum(j.status == "expired" for j in jobs)
+
+
+def test_the_fields_are_one_table_the_stub_and_the_metrics_follow(rp, make_pool):
+    """PoolStats.FIELDS (generated with the class) is the one list: to_dict
+    and repr show it in order, the stub declares exactly it, and every
+    number in it is a /metrics series or deliberately not one."""
+    import ast
+    import pathlib
+
+    from raptors import _metrics
+
+    fields = rp.PoolStats.FIELDS
+    assert type(fields) is tuple and len(set(fields)) == len(fields)
+    s = make_pool(threads=1, queue=3).stats()
+    assert tuple(s.to_dict()) == fields
+    assert [part.split("=")[0] for part in repr(s)[len("PoolStats(") : -1].split(", ")] == list(
+        fields
+    )
+
+    stub = pathlib.Path(rp.__file__).with_name("_raptors.pyi")
+    tree = ast.parse(stub.read_text())
+    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "PoolStats"]
+    declared = [
+        n.target.id
+        for n in cls.body
+        if isinstance(n, ast.AnnAssign)
+        and isinstance(n.target, ast.Name)
+        and n.target.id != "FIELDS"
+    ]
+    assert tuple(declared) == fields
+
+    exported = {x.field for x in _metrics.SERIES if x.scope == "pool"}
+    exported |= {f"{kind}_{suffix}" for kind in ("wait", "run") for _, suffix in _metrics.QUANTILES}
+    # Not series: the name is a label; the distribution is for rp.capacity.
+    not_exported = {"name", "run_quantiles"}
+    assert exported | not_exported == set(fields), set(fields) ^ (exported | not_exported)

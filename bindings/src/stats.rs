@@ -1,7 +1,7 @@
 //! `rp.PoolStats`: an immutable snapshot of one pool's counters and timings.
 
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyTuple};
 
 /// Field names in the order `to_dict()` and `repr()` show them.
 macro_rules! stats_fields {
@@ -11,7 +11,8 @@ macro_rules! stats_fields {
             queued: u64, running: u64, submitted: u64, completed: u64, failed: u64,
             cancelled: u64, expired: u64, rejected: u64, max_queued: u64,
             wait_p50: f64, wait_p99: f64, run_p50: f64, run_p99: f64, utilization: f64,
-            arrival_rate: f64, completion_rate: f64, run_mean: f64, run_quantiles: Vec<f64>
+            arrival_rate: f64, completion_rate: f64, run_mean: f64, run_quantiles: Vec<f64>,
+            predicted_wait: f64
         }
     };
 }
@@ -56,6 +57,15 @@ macro_rules! define_stats {
 
         #[pymethods]
         impl PoolStats {
+            /// The field names, in the order of `to_dict()` and `repr()`:
+            /// the one list the stub, the docs' tables and the metrics are
+            /// checked against.
+            #[classattr]
+            #[pyo3(name = "FIELDS")]
+            fn fields(py: Python<'_>) -> PyResult<Py<PyTuple>> {
+                Ok(PyTuple::new(py, [$(stringify!($field)),*])?.unbind())
+            }
+
             /// The same fields as a plain dict.
             fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
                 let dict = PyDict::new(py);

@@ -106,8 +106,8 @@ SERIES: tuple[Series, ...] = (
        "raptors.pool.job.run.mean", "s", "Mean seconds from start to end, recent jobs."),
     _g("pool", "raptors_pool_predicted_wait_seconds", "predicted_wait", "livemax",
        "raptors.pool.job.predicted_wait", "s",
-       "Expected seconds before a job submitted now starts: "
-       "(queued + 1) x run_mean / threads while no thread is free, else 0."),
+       "Predicted p99 seconds before a job of priority 0 submitted now starts "
+       "(the prediction of admission='predictive'; 0 while a thread is free)."),
     _g("quantile", "raptors_job_wait_seconds", "wait", "livemax",
        "raptors.pool.job.wait.duration", "s",
        "Seconds from submit to start, recent jobs, by quantile."),
@@ -171,19 +171,6 @@ QUANTILES = (("0.5", "p50"), ("0.99", "p99"))
 Labels = tuple[str, ...]
 
 
-def predicted_wait(st: Any) -> float:
-    """Seconds a job submitted now is expected to wait before it starts:
-    0 while a thread is free and nothing waits, else the time for
-    ``queued + 1`` jobs to end on ``threads`` threads at the recent mean run
-    time (0 before any job was measured)."""
-    threads = max(int(st.threads or 1), 1)
-    queued = int(st.queued)
-    if queued == 0 and int(st.running) < threads:
-        return 0.0
-    wait = (queued + 1) * float(st.run_mean) / threads
-    return wait if math.isfinite(wait) else 0.0
-
-
 @dataclasses.dataclass
 class PoolRow:
     source: rp.Pool
@@ -205,12 +192,7 @@ def pool_row(pool: rp.Pool, tenant: str, shares: dict[str, dict[str, float]]) ->
     st = pool.stats()
     budget = pool.budget
     budget_name = budget.name if budget is not None else ""
-    values = {
-        s.field: float(getattr(st, s.field))
-        for s in SERIES
-        if s.scope == "pool" and s.field != "predicted_wait"
-    }
-    values["predicted_wait"] = predicted_wait(st)
+    values = {s.field: float(getattr(st, s.field)) for s in SERIES if s.scope == "pool"}
     on_budget = budget_name in shares
     if on_budget:
         values["share"] = float(shares[budget_name].get(pool.name, 0.0))

@@ -3,7 +3,7 @@
 import asyncio
 import concurrent.futures
 from collections.abc import Callable, Generator
-from typing import Any, Literal, Self, TypeAlias, final
+from typing import Any, ClassVar, Literal, Self, TypeAlias, final
 
 import numpy as np
 from typing_extensions import disjoint_base
@@ -134,6 +134,8 @@ class PoolStats:
     completion_rate: float
     run_mean: float
     run_quantiles: list[float]
+    predicted_wait: float
+    FIELDS: ClassVar[tuple[str, ...]]
     def to_dict(self) -> dict[str, Any]: ...
 
 @disjoint_base

@@ -548,12 +548,14 @@ impl Shared {
         let capture = state
             .stats
             .capture(now, self.cap, sched.running_since(self.member));
+        let (load, elapsed) = sched.load(self.member, 0, now);
         let gauges = Gauges {
             name: &self.name,
             threads: self.cap,
             queue_capacity: self.capacity,
             queued: state.queue.len(),
             running: state.running,
+            predicted_wait: admission::predicted_wait(load, elapsed),
         };
         let stats = capture.finish(gauges);
         drop(sched);
@@ -568,6 +570,7 @@ impl Shared {
             queue_capacity: self.capacity,
             queued: 0,
             running: 0,
+            predicted_wait: 0.0,
         })
     }
 

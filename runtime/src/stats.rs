@@ -57,6 +57,11 @@ pub struct PoolStats {
     /// (nearest rank): the distribution a capacity model samples. Empty
     /// until measured.
     pub run_quantiles: Vec<f64>,
+    /// Seconds a job of priority 0 submitted now would wait before it
+    /// starts: the p99 prediction predictive admission makes (`admission.rs`),
+    /// read under the same lock as the counters; 0.0 while a thread is free
+    /// or before any run time was measured.
+    pub predicted_wait: f64,
     /// `on_complete` callbacks that panicked (caught; the job still ended).
     pub callback_panics: u64,
 }
@@ -389,6 +394,7 @@ pub(crate) struct Gauges<'a> {
     pub(crate) queue_capacity: usize,
     pub(crate) queued: usize,
     pub(crate) running: usize,
+    pub(crate) predicted_wait: f64,
 }
 
 impl Capture {
@@ -417,6 +423,7 @@ impl Capture {
             completion_rate: self.completion_rate,
             run_mean: self.run_mean,
             run_quantiles,
+            predicted_wait: gauges.predicted_wait,
             callback_panics: self.callback_panics,
         }
     }
