@@ -117,11 +117,9 @@ impl Array {
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<PyObject> {
         let py = slf.py();
-        let kernel = Bound::new(py, Kernel::new(op))?;
         let mut args = vec![slf.clone().into_any()];
         args.extend(extra.iter().map(|a| (*a).clone()));
-        let args = PyTuple::new(py, args)?;
-        Ok(kernel.call(args, kwargs)?.unbind())
+        Kernel::new(op).call(py, &PyTuple::new(py, args)?, kwargs)
     }
 
     /// `self.<op>(axis=...)` natively. Given anything only NumPy's method

@@ -340,6 +340,30 @@ impl Kernel {
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<PyObject> {
+        self.call(py, args, kwargs)
+    }
+
+    #[getter]
+    fn __name__(&self) -> &'static str {
+        self.name
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<raptors kernel {}>", self.name)
+    }
+}
+
+impl Kernel {
+    /// A direct call (`rp.dot(a, b)`, `array.sum()`): computes now, on the
+    /// calling thread, with the GIL released for inputs large enough to be
+    /// worth it; kernel panics become `RaptorsError`. Native callers (the
+    /// methods of `rp.Array`) call this, not the Python call protocol.
+    pub fn call(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<PyObject> {
         let panicked = |payload: Box<dyn std::any::Any + Send>| {
             errors::raptors_error(
                 py,
@@ -360,15 +384,6 @@ impl Kernel {
             .map_err(panicked)?
             .map_err(|err| errors::kernel_error(py, err))?
             .into_py(py)
-    }
-
-    #[getter]
-    fn __name__(&self) -> &'static str {
-        self.name
-    }
-
-    fn __repr__(&self) -> String {
-        format!("<raptors kernel {}>", self.name)
     }
 }
 
