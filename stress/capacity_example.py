@@ -19,7 +19,8 @@
    arrivals (same seed, same rate).
 5. Prints, for both runs, the predicted wait p99 at that thread count next to the
    measured one: the median of the pool's ``wait_p99`` (its last 1024 jobs) over the
-   ``/stats`` snapshots from 8 s on, with the run mean and the HTTP latency.
+   ``/stats`` snapshots from 8 s on, with the run mean and the HTTP latency; then the
+   planner's report taken during the re-run, from the re-run's own stats.
 
 The machine's load average is printed: the service, its event loop and this client
 share the cores with whatever else runs, and a CPU-bound kernel's run times grow with it.
@@ -236,7 +237,12 @@ def main() -> int:
         port = free_port()
         proc = start_service(port, needed)
         try:
-            second = asyncio.run(poisson_load(port, rate, args.duration, args.seed))
+            second = asyncio.run(
+                poisson_load(
+                    port, rate, args.duration, args.seed,
+                    during=lambda: capacity_cli(port, args.target_wait_p99, args.max_threads),
+                )
+            )  # fmt: skip
         finally:
             stop_service(proc)
 
@@ -252,6 +258,12 @@ def main() -> int:
               f"{run['run_mean'] * 1e3:.2f} | {run['latency_p50'] * 1e3:.2f} / "
               f"{run['latency_p99'] * 1e3:.2f} | {run['client_late_p99'] * 1e3:.2f} | "
               f"{run['statuses']} |")  # fmt: skip
+    if second is not None:
+        # The planner again, from the re-run's own stats (its run times at these threads).
+        print(f"\nduring the re-run, on {needed} threads:")
+        print(f"$ python -m raptors capacity http://127.0.0.1:PORT --target-wait-p99 "
+              f"{args.target_wait_p99} --max-threads {args.max_threads}")  # fmt: skip
+        print(second["during"])
     met = second is not None and second["wait_p99"] <= args.target_wait_p99
     print(f"\ntarget {args.target_wait_p99 * 1e3:.2f} ms met with threads_needed={needed}: "
           f"{'yes' if met else 'no'}; load average {os.getloadavg()[0]:.2f}")  # fmt: skip
