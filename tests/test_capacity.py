@@ -75,8 +75,9 @@ def test_threads_needed_is_the_fewest_that_meet_the_target(rp):
     report = rp.capacity(exponential_stats(rate, mean, threads=4), target_wait_p99=0.002)
     assert report.threads_needed is not None and report.threads_needed >= 4
     by_threads = {int(r["threads"]): r for r in report.rows}
-    assert by_threads[report.threads_needed]["wait_p99"] <= 0.002
-    assert by_threads[report.threads_needed - 1]["wait_p99"] > 0.002
+    # Chosen on the p99's upper confidence bound, not on the point estimate.
+    assert by_threads[report.threads_needed]["wait_p99_high"] <= 0.002
+    assert by_threads[report.threads_needed - 1]["wait_p99_high"] > 0.002
     # More threads never wait longer, and fewer than the load saturate.
     waits = [r["wait_p99"] for r in report.rows]
     assert waits == sorted(waits, reverse=True)
@@ -111,7 +112,7 @@ def test_report_fields_str_and_to_dict(rp):
         "rows",
     ):
         assert d[key] == getattr(report, key)
-    assert set(d["rows"][0]) == {"threads", "utilization", "wait_p50", "wait_p99"}
+    assert set(d["rows"][0]) == {"threads", "utilization", "wait_p50", "wait_p99", "wait_p99_high"}
     text = str(report)
     assert "pool 'scoring'" in text and "wait p99" in text and "<- now" in text
 
@@ -146,3 +147,59 @@ def test_bad_arguments(rp):
         rp.capacity(exponential_stats(1.0, 0.001), target_wait_p99=0.1, max_threads=0)
     with pytest.raises(ValueError, match="arrival_rate"):
         rp.capacity({"name": "x", "threads": 1}, target_wait_p99=0.1)
+
+
+def test_the_bound_is_above_the_estimate_and_tight(rp):
+    report = rp.capacity(exponential_stats(700.0, 0.002, threads=2), target_wait_p99=0.004)
+    for row in report.rows:
+        if math.isfinite(row["wait_p99"]):
+            assert row["wait_p99"] <= row["wait_p99_high"]
+        # Relative to a p99 of at least half a run time (near zero it is not).
+        if math.isfinite(row["wait_p99"]) and row["wait_p99"] >= 0.001:
+            assert row["wait_p99_high"] <= 1.5 * row["wait_p99"]
+    # At the pool's 70 %: the margin is a few tenths, not a multiple.
+    now = next(r for r in report.rows if r["threads"] == 2)
+    assert now["wait_p99_high"] < 1.35 * now["wait_p99"]
+
+
+@pytest.mark.parametrize("c", [3, 4])
+def test_a_point_estimate_under_the_target_is_not_enough(rp, c):
+    stats = exponential_stats(700.0, 0.002, threads=2)
+    rows = {int(r["threads"]): r for r in rp.capacity(stats, target_wait_p99=1e-5).rows}
+    low, high = rows[c]["wait_p99"], rows[c]["wait_p99_high"]
+    assert low < high
+    # A target between the estimate and its bound: c is not enough, c + 1 is.
+    between = rp.capacity(stats, target_wait_p99=(low + high) / 2)
+    assert between.threads_needed == c + 1
+    # A target at the bound: c is.
+    at_bound = rp.capacity(stats, target_wait_p99=high)
+    assert at_bound.threads_needed == c
+
+
+def test_the_bound_covers_the_closed_form(rp):
+    # M/M/1 at 50-85 %: the true p99 is never above the bound, and the
+    # estimate is close to it (fixed seed: deterministic).
+    mean = 0.002
+    for rho in (0.5, 0.7, 0.85):
+        report = rp.capacity(exponential_stats(rho / mean, mean), target_wait_p99=1.0)
+        row = next(r for r in report.rows if r["threads"] == 1)
+        truth = mm1_wait_p99(rho / mean, mean)
+        assert row["wait_p99"] < truth * 1.15 and row["wait_p99_high"] >= truth
+
+
+def test_fewer_samples_widen_the_bound(rp):
+    # A pool that has completed 50 jobs knows its load less well than one with 1024.
+    stats = exponential_stats(700.0, 0.002, threads=2)
+    few = dict(stats, completed=50)
+    many = dict(stats, completed=100_000)
+    row = {int(r["threads"]): r for r in rp.capacity(few, target_wait_p99=1e-5).rows}[3]
+    ref = {int(r["threads"]): r for r in rp.capacity(many, target_wait_p99=1e-5).rows}[3]
+    assert row["wait_p99"] == ref["wait_p99"]
+    assert row["wait_p99_high"] > ref["wait_p99_high"]
+
+
+def test_the_report_is_deterministic(rp):
+    stats = exponential_stats(850.0, 0.002, threads=2)
+    a = rp.capacity(stats, target_wait_p99=0.004).to_dict()
+    b = rp.capacity(stats, target_wait_p99=0.004).to_dict()
+    assert a == b
