@@ -21,7 +21,7 @@ stats (arrival rate, run-time quantiles of its recent jobs): the table shows its
 p99 at the pool's threads next to the measured one, and, as a control, the closed
 Allen-Cunneen approximation (M/G/c mean wait from the run times' squared coefficient of
 variation, tail as exponential) on the same inputs. Then the load is run again with
-``threads_needed`` threads (the fewest whose wait p99 upper 95 % bound meets the target)
+``threads_needed`` threads (the fewest whose predicted wait p99 meets the target)
 for ``--rerun-jobs`` arrivals (default 40,000: the measured p99 then rests on 360 tail
 samples; a 20,000-job p99 of bimodal run times near the target moves by ~10 % from run to
 run) and the measured wait p99 is checked against the target (``--target-factor`` x the

@@ -75,9 +75,14 @@ def test_threads_needed_is_the_fewest_that_meet_the_target(rp):
     report = rp.capacity(exponential_stats(rate, mean, threads=4), target_wait_p99=0.002)
     assert report.threads_needed is not None and report.threads_needed >= 4
     by_threads = {int(r["threads"]): r for r in report.rows}
-    # Chosen on the p99's upper confidence bound, not on the point estimate.
-    assert by_threads[report.threads_needed]["wait_p99_high"] <= 0.002
-    assert by_threads[report.threads_needed - 1]["wait_p99_high"] > 0.002
+    # The contract's rule: the fewest whose predicted p99 meets the target.
+    assert by_threads[report.threads_needed]["wait_p99"] <= 0.002
+    assert by_threads[report.threads_needed - 1]["wait_p99"] > 0.002
+    # And the count that covers the prediction's uncertainty.
+    high = report.threads_needed_high
+    assert high is not None and high >= report.threads_needed
+    assert by_threads[high]["wait_p99_high"] <= 0.002
+    assert by_threads[high - 1]["wait_p99_high"] > 0.002
     # More threads never wait longer, and fewer than the load saturate.
     waits = [r["wait_p99"] for r in report.rows]
     assert waits == sorted(waits, reverse=True)
@@ -88,7 +93,7 @@ def test_threads_needed_is_the_fewest_that_meet_the_target(rp):
 
 def test_no_count_up_to_the_limit_is_none(rp):
     report = rp.capacity(exponential_stats(400.0, 0.002), target_wait_p99=1e-6, max_threads=1)
-    assert report.threads_needed is None
+    assert report.threads_needed is None and report.threads_needed_high is None
     assert "none up to the limit" in str(report)
 
 
@@ -168,12 +173,13 @@ def test_a_point_estimate_under_the_target_is_not_enough(rp, c):
     rows = {int(r["threads"]): r for r in rp.capacity(stats, target_wait_p99=1e-5).rows}
     low, high = rows[c]["wait_p99"], rows[c]["wait_p99_high"]
     assert low < high
-    # A target between the estimate and its bound: c is not enough, c + 1 is.
+    # A target between the estimate and its bound: c meets it by the
+    # estimate, and c + 1 is needed at the bound.
     between = rp.capacity(stats, target_wait_p99=(low + high) / 2)
-    assert between.threads_needed == c + 1
-    # A target at the bound: c is.
+    assert (between.threads_needed, between.threads_needed_high) == (c, c + 1)
+    # A target at the bound: c by both.
     at_bound = rp.capacity(stats, target_wait_p99=high)
-    assert at_bound.threads_needed == c
+    assert (at_bound.threads_needed, at_bound.threads_needed_high) == (c, c)
 
 
 def test_the_bound_covers_the_closed_form(rp):
