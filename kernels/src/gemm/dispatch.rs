@@ -1,36 +1,29 @@
-//! Run-time choice of microkernel and cache blocking per element type, made once per process.
+//! Run-time choice of microkernel and cache blocking per element type, by the SIMD level the
+//! one detector finds (`loops::best_simd_level`; see `element::spec` for why not the forced one).
 //!
 //! Block sizes target Zen 4/5 and Skylake-X class caches (32-48 KiB L1D, 1-2 MiB L2 per core):
 //! an `mr x kc` A micro-panel stays in L1, a `kc x nc` B block in L2, an `mc x kc` A block in L3.
 
 use super::kernel::KernelSpec;
 use super::scalar;
+use crate::loops::SimdLevel;
 
-/// Instruction sets with a float microkernel, best first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Isa {
-    Avx512,
-    Avx2Fma,
-    Portable,
+/// The levels whose float microkernels this CPU can run, best first (for
+/// tests that try every one).
+#[cfg(test)]
+pub(super) fn available_levels() -> impl Iterator<Item = SimdLevel> {
+    let best = crate::loops::best_simd_level();
+    [SimdLevel::Avx512, SimdLevel::Avx2, SimdLevel::Baseline]
+        .into_iter()
+        .filter(move |&l| rank(l) <= rank(best))
 }
 
-impl Isa {
-    pub(super) const BEST_FIRST: [Isa; 3] = [Isa::Avx512, Isa::Avx2Fma, Isa::Portable];
-
-    /// Whether the running CPU can execute this ISA's kernels.
-    pub(super) fn available(self) -> bool {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2Fma => {
-                std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-            }
-            Isa::Portable => true,
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => false,
-        }
+#[cfg(test)]
+fn rank(level: SimdLevel) -> u8 {
+    match level {
+        SimdLevel::Baseline => 0,
+        SimdLevel::Avx2 => 1,
+        SimdLevel::Avx512 => 2,
     }
 }
 
@@ -39,23 +32,17 @@ pub(super) fn select_int<T: super::GemmElement>() -> KernelSpec<T> {
     KernelSpec::new::<4, 8>("scalar", (256, 256, 1024), scalar::ukr::<T, 4, 8>)
 }
 
-/// Defines `$select()` (the best kernel for this CPU) and `$for_isa(isa)` (a given ISA's kernel,
-/// which must be [`Isa::available`]) for one float type.
+/// Defines `$for_level(level)`, the kernel of a SIMD level (which the CPU must support: a level
+/// from [`crate::loops::simd_level`]), for one float type.
 macro_rules! float_kernels {
-    ($select:ident, $for_isa:ident, $t:ty,
+    ($for_level:ident, $t:ty,
      avx512: ($mr5:literal, $nv5:literal, $blk5:expr),
      avx2: ($mr2:literal, $nv2:literal, $blk2:expr),
      portable: ($mrs:literal, $nrs:literal, $blks:expr)) => {
-        pub(super) fn $select() -> KernelSpec<$t> {
-            let isa = Isa::BEST_FIRST.into_iter().find(|isa| isa.available());
-            $for_isa(isa.unwrap_or(Isa::Portable))
-        }
-
-        pub(super) fn $for_isa(isa: Isa) -> KernelSpec<$t> {
-            debug_assert!(isa.available());
-            match isa {
+        pub(super) fn $for_level(level: SimdLevel) -> KernelSpec<$t> {
+            match level {
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => {
+                SimdLevel::Avx512 => {
                     use super::{
                         avx512::{ukr, Avx512},
                         simd::Simd,
@@ -64,7 +51,7 @@ macro_rules! float_kernels {
                     KernelSpec::new::<$mr5, NR>("avx512f", $blk5, ukr::<$t, $mr5, $nv5>)
                 }
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2Fma => {
+                SimdLevel::Avx2 => {
                     use super::{
                         avx2::{ukr, Avx2},
                         simd::Simd,
@@ -83,11 +70,11 @@ macro_rules! float_kernels {
 // 14x2, 12x2, 6x4 and 4x6 on Zen 5. AVX2 has 16 registers: 6 x 2 (12 accumulators).
 // kc * nc * size = 512 KiB for B in L2; kc * mr * size (6-12 KiB) for the A micro-panel in L1;
 // mc * kc * size = 8 MiB for the A block in L3 (A is read from it once per B block only).
-float_kernels!(select_f64, f64_for, f64,
+float_kernels!(f64_for, f64,
     avx512: (6, 4, (4092, 256, 256)),
     avx2: (6, 2, (4092, 256, 256)),
     portable: (4, 8, (256, 256, 1024)));
-float_kernels!(select_f32, f32_for, f32,
+float_kernels!(f32_for, f32,
     avx512: (6, 4, (4092, 512, 256)),
     avx2: (6, 2, (4092, 512, 256)),
     portable: (4, 8, (256, 512, 1024)));
@@ -96,7 +83,7 @@ float_kernels!(select_f32, f32_for, f32,
 mod tests {
     //! Every kernel the CPU can run, not only the one dispatch picks, against a naive product.
 
-    use super::{f32_for, f64_for, Isa};
+    use super::{available_levels, f32_for, f64_for};
     use crate::gemm::driver;
     use crate::gemm::kernel::KernelSpec;
     use crate::gemm::matrix::{Output, Problem, Strided};
@@ -154,9 +141,9 @@ mod tests {
 
     #[test]
     fn every_available_isa_matches_reference() {
-        for isa in Isa::BEST_FIRST.into_iter().filter(|isa| isa.available()) {
-            check(&f64_for(isa), |x| x, 1e-12);
-            check(&f32_for(isa), |x| x as f32, 1e-4);
+        for level in available_levels() {
+            check(&f64_for(level), |x| x, 1e-12);
+            check(&f32_for(level), |x| x as f32, 1e-4);
         }
     }
 }

@@ -4,8 +4,9 @@
 //!
 //! Structure: `matrix` describes the operands, `pack` copies blocks into micro-panel order,
 //! `driver` runs the blocked loop nest on one thread, `parallel` splits the output across the
-//! current rayon pool, `dispatch` picks a `kernel::KernelSpec` per type once per process from
-//! the ISA-specific microkernels (`avx512`, `avx2`, `scalar`).
+//! current rayon pool, `dispatch` picks a `kernel::KernelSpec` per type, once per process, for the best SIMD
+//! level the one detector (`loops::best_simd_level`) finds, from the ISA-specific microkernels
+//! (`avx512`, `avx2`, `scalar`).
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -24,6 +25,12 @@ mod simd;
 mod workspace;
 
 pub use element::GemmElement;
+
+/// The microkernel the GEMM uses for `T` (`"avx512f"`, `"avx2+fma"`, `"scalar"`): the best
+/// level's, whatever `force_simd_level` set.
+pub fn kernel_name<T: GemmElement>() -> &'static str {
+    element::spec::<T>().isa
+}
 
 use crate::{Exec, KernelError};
 use matrix::{Output, Problem, Strided};

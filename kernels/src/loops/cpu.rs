@@ -1,4 +1,6 @@
-//! Runtime CPU-feature detection, done once and cached.
+//! Runtime CPU-feature detection, done once and cached: the one place the
+//! kernels ask what the CPU can run (the loops' `multiversion!` follow
+//! [`simd_level`], the GEMM's microkernel choice [`best_simd_level`]).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -67,10 +69,25 @@ pub fn simd_level() -> SimdLevel {
     }
 }
 
+/// The best level this CPU supports, whatever was forced.
+pub(crate) fn best_simd_level() -> SimdLevel {
+    static BEST: AtomicU8 = AtomicU8::new(0);
+    match BEST.load(Ordering::Relaxed) {
+        1 => SimdLevel::Baseline,
+        2 => SimdLevel::Avx2,
+        3 => SimdLevel::Avx512,
+        _ => {
+            let l = detect();
+            BEST.store(encode(l), Ordering::Relaxed);
+            l
+        }
+    }
+}
+
 /// Lowers the level for the whole process (tests and benchmarks compare
 /// the code paths). A level above what the CPU supports is clamped to it.
 pub fn force_simd_level(level: SimdLevel) -> SimdLevel {
-    let best = detect();
+    let best = best_simd_level();
     let chosen = if encode(level) > encode(best) {
         best
     } else {

@@ -9,6 +9,7 @@ mod cpu;
 mod elementwise;
 mod reduce;
 
+pub(crate) use cpu::best_simd_level;
 pub use cpu::{force_simd_level, simd_level, SimdLevel};
 pub(crate) use elementwise::*;
 pub(crate) use reduce::*;
