@@ -341,7 +341,15 @@ pub fn scalar_to_py(py: Python<'_>, scalar: Scalar) -> PyResult<PyObject> {
     }
 }
 
-/// Hands a result buffer to NumPy (or wraps it as `rp.Array`) without copying.
+/// Results of at most this many bytes are copied into an array NumPy
+/// allocates itself (from its small-block cache) instead of being handed
+/// over inside a container object: the copy costs less than creating and
+/// later freeing the container (per-call overhead of small element-wise
+/// calls, issue 14).
+const COPY_MAX_BYTES: usize = 4096;
+
+/// Hands a result buffer to NumPy (or wraps it as `rp.Array`): without
+/// copying, except small ones (see [`COPY_MAX_BYTES`]).
 pub fn array_to_py(
     py: Python<'_>,
     array: raptors_kernels::Array,
@@ -355,6 +363,16 @@ pub fn array_to_py(
         data: Vec<T>,
         shape: &[usize],
     ) -> PyResult<PyObject> {
+        if std::mem::size_of_val(data.as_slice()) <= COPY_MAX_BYTES {
+            // SAFETY: `new` returns an uninitialised C-contiguous array of
+            // `shape` (whose product is `data.len()`, the kernels' Array
+            // invariant); it is filled from `data` before anyone sees it.
+            unsafe {
+                let out = numpy::PyArray::<T, numpy::IxDyn>::new(py, shape, false);
+                std::ptr::copy_nonoverlapping(data.as_ptr(), out.data(), data.len());
+                return Ok(out.into_any().unbind());
+            }
+        }
         let flat = data.into_pyarray(py);
         if shape.len() == 1 {
             return Ok(flat.into_any().unbind());
