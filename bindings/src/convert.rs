@@ -33,6 +33,11 @@ pub struct HeldArray {
     ndim: usize,
     shape: [usize; MAX_NDIM],
     strides: [isize; MAX_NDIM],
+    /// The kernels' view, validated once when the array is held (`None`
+    /// when the layout is refused: `operand` then reports why). Built once
+    /// so that a call does not re-validate it for `check` and again for
+    /// `execute` (per-call overhead, issue 14).
+    view: Option<ArrayView<'static>>,
 }
 
 impl HeldArray {
@@ -51,9 +56,14 @@ impl HeldArray {
             ndim: shape.len(),
             shape: [0; MAX_NDIM],
             strides: [0; MAX_NDIM],
+            view: None,
         };
         held.shape[..shape.len()].copy_from_slice(shape);
         held.strides[..strides.len()].copy_from_slice(strides);
+        // SAFETY: `ptr`, `shape` and `strides` describe memory owned by
+        // `owner`, which `held` keeps alive; the 'static view is only handed
+        // out by `HeldOperand::operand`, shortened to the borrow of `held`.
+        held.view = unsafe { ArrayView::from_raw_parts(ptr, dtype, shape, strides) }.ok();
         held
     }
 }
@@ -103,9 +113,14 @@ impl HeldOperand {
         }
     }
 
-    /// The kernels' view of this operand.
-    pub fn operand(&self) -> Result<Operand<'_>, KernelError> {
+    /// The kernels' view of this operand, unbounded: valid only while this
+    /// operand (which keeps the memory alive) lives. `PreparedKernel` keeps
+    /// the views next to the operands so that a call builds them once.
+    pub fn operand_unbounded(&self) -> Result<Operand<'static>, KernelError> {
         Ok(match self {
+            // The view built when the array was held (see `HeldArray::view`).
+            HeldOperand::Array(HeldArray { view: Some(v), .. }) => Operand::Array(*v),
+            // The layout was refused when held: this reports why.
             // SAFETY: `ptr`, `shape` and `strides` describe memory owned by
             // `_owner`, which lives as long as `self`; nobody writes it while
             // a kernel runs (NumPy users who mutate an input during a job get
@@ -118,6 +133,11 @@ impl HeldOperand {
             HeldOperand::BigInt(f) => Operand::BigInt(*f),
             HeldOperand::Float(f) => Operand::Float(*f),
         })
+    }
+
+    /// The kernels' view of this operand.
+    pub fn operand(&self) -> Result<Operand<'_>, KernelError> {
+        self.operand_unbounded()
     }
 }
 

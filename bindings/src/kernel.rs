@@ -48,6 +48,10 @@ fn signature(op: Op) -> Signature {
 pub struct PreparedKernel {
     /// `None`: the test kernel that panics.
     plan: Option<Plan>,
+    /// The kernels' views of `operands`, built once in `prepare`. Declared
+    /// first so they are dropped first; they point into memory that
+    /// `operands` keep alive and are only lent out while `self` lives.
+    views: SmallVec<[Operand<'static>; 3]>,
     operands: Vec<HeldOperand>,
     as_rp_array: bool,
 }
@@ -62,7 +66,7 @@ impl PreparedKernel {
         let Some(plan) = &self.plan else {
             panic!("the test kernel panicked on purpose")
         };
-        let value = plan.execute(&views(&self.operands)?, exec)?;
+        let value = plan.execute(&self.views, exec)?;
         Ok(KernelOutput {
             value,
             as_rp_array: self.as_rp_array,
@@ -104,6 +108,7 @@ impl Kernel {
             KernelKind::TestPanic => {
                 return Ok(PreparedKernel {
                     plan: None,
+                    views: SmallVec::new(),
                     operands: Vec::new(),
                     as_rp_array: false,
                 })
@@ -211,11 +216,12 @@ impl Kernel {
                 self.name
             )));
         }
-        let plan = views(&operands)
-            .and_then(|views| raptors_kernels::check(op, &views, &params))
-            .map_err(|err| errors::kernel_error(py, err))?;
+        let checked = views(&operands)
+            .and_then(|views| Ok((raptors_kernels::check(op, &views, &params)?, views)));
+        let (plan, views) = checked.map_err(|err| errors::kernel_error(py, err))?;
         Ok(PreparedKernel {
             plan: Some(plan),
+            views,
             operands,
             as_rp_array,
         })
@@ -247,9 +253,14 @@ fn unbounded(result: DType, lower: bool) -> HeldOperand {
     }
 }
 
-/// The kernels' views of held operands (at most three: no heap allocation).
-fn views(operands: &[HeldOperand]) -> Result<SmallVec<[Operand<'_>; 3]>, KernelError> {
-    operands.iter().map(HeldOperand::operand).collect()
+/// The kernels' views of held operands (at most three: no heap allocation),
+/// unbounded: valid while `operands` live (see `PreparedKernel::views`).
+fn views(operands: &[HeldOperand]) -> Result<SmallVec<[Operand<'static>; 3]>, KernelError> {
+    let mut views = SmallVec::new();
+    for held in operands {
+        views.push(held.operand_unbounded()?);
+    }
+    Ok(views)
 }
 
 fn integer(value: &Bound<'_, PyAny>, argument: &str) -> PyResult<isize> {
