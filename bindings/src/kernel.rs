@@ -63,15 +63,25 @@ impl PreparedKernel {
 
     /// Runs the kernel; the output carries the inputs back (see [`KernelOutput`]).
     pub fn run(self, exec: &dyn Exec) -> Result<KernelOutput, KernelError> {
+        let value = self.execute(exec)?;
+        Ok(self.output(value))
+    }
+
+    /// Runs the kernel, borrowing the prepared call (a direct call does not
+    /// move it, a few hundred bytes, into the GIL and unwind closures).
+    fn execute(&self, exec: &dyn Exec) -> Result<raptors_kernels::Value, KernelError> {
         let Some(plan) = &self.plan else {
             panic!("the test kernel panicked on purpose")
         };
-        let value = plan.execute(&self.views, exec)?;
-        Ok(KernelOutput {
+        plan.execute(&self.views, exec)
+    }
+
+    fn output(self, value: raptors_kernels::Value) -> KernelOutput {
+        KernelOutput {
             value,
             as_rp_array: self.as_rp_array,
             inputs: self.operands,
-        })
+        }
     }
 }
 
@@ -115,7 +125,7 @@ impl Kernel {
             }
         };
         let sig = signature(op);
-        let mut names: Vec<&'static str> = sig.operands.to_vec();
+        let mut names: SmallVec<[&'static str; 4]> = SmallVec::from_slice(sig.operands);
         if sig.k {
             names.push("k");
         }
@@ -301,7 +311,7 @@ fn bind_arguments<'py>(
     required: usize,
     args: &Bound<'py, PyTuple>,
     kwargs: Option<&Bound<'py, PyDict>>,
-) -> PyResult<Vec<Option<Bound<'py, PyAny>>>> {
+) -> PyResult<SmallVec<[Option<Bound<'py, PyAny>>; 4]>> {
     if args.len() > names.len() {
         return Err(PyTypeError::new_err(format!(
             "{name}() takes at most {} positional arguments ({} given)",
@@ -309,7 +319,8 @@ fn bind_arguments<'py>(
             args.len()
         )));
     }
-    let mut bound: Vec<Option<Bound<'py, PyAny>>> = vec![None; names.len()];
+    let mut bound: SmallVec<[Option<Bound<'py, PyAny>>; 4]> = SmallVec::new();
+    bound.resize(names.len(), None);
     for (slot, value) in bound.iter_mut().zip(args.iter()) {
         *slot = Some(value);
     }
@@ -388,13 +399,13 @@ impl Kernel {
         let prepared = panic::catch_unwind(AssertUnwindSafe(|| self.prepare(py, args, kwargs)))
             .map_err(panicked)??;
         let elements = prepared.elements();
-        let output = gil::release(py, elements, || {
-            panic::catch_unwind(AssertUnwindSafe(|| prepared.run(&Serial)))
+        let value = gil::release(py, elements, || {
+            panic::catch_unwind(AssertUnwindSafe(|| prepared.execute(&Serial)))
         });
-        output
+        let value = value
             .map_err(panicked)?
-            .map_err(|err| errors::kernel_error(py, err))?
-            .into_py(py)
+            .map_err(|err| errors::kernel_error(py, err))?;
+        prepared.output(value).into_py(py)
     }
 }
 
