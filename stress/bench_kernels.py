@@ -1,7 +1,7 @@
 """Raptors kernels side by side with NumPy, in one run, as ratios of medians, with the
 machine's physical limits (memory bandwidth by a copy, GEMM peak) measured in the same run.
 
-    python stress/bench_kernels.py [--quick]
+    python stress/bench_kernels.py [--quick] [--kernels add,subtract,...]
 
 For a fair comparison against NumPy at its best (OpenBLAS picking its own CPU kernel):
 
