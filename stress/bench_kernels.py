@@ -1,7 +1,7 @@
 """Raptors kernels side by side with NumPy, in one run, as ratios of medians, with the
 machine's physical limits (memory bandwidth by a copy, GEMM peak) measured in the same run.
 
-    python stress/bench_kernels.py [--quick]
+    python stress/bench_kernels.py [--quick] [--kernels add,subtract,...]
 
 For a fair comparison against NumPy at its best (OpenBLAS picking its own CPU kernel):
 
@@ -400,9 +400,9 @@ KERNELS = (
 BLAS_KERNELS = ("dot", "matmul", "norm", "cosine_similarity")
 
 
-def kernel_table(timer: Timer) -> list[dict]:
+def kernel_table(timer: Timer, kernels=KERNELS) -> list[dict]:
     rows = []
-    for kernel in KERNELS:
+    for kernel in kernels:
         for dtype in DTYPES:
             uses_blas = kernel in BLAS_KERNELS and dtype.startswith("float")
             for blas in (None, 1) if uses_blas else (None,):
@@ -514,7 +514,15 @@ def main():
         help="fewer repeats, smaller headline sizes (a smoke run, not figures)",
     )
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results path")
+    parser.add_argument(
+        "--kernels",
+        help="comma-separated kernels: only their rows of the per-kernel table (no headline, "
+        "no matmul section), e.g. add,subtract,multiply,divide,scale",
+    )
     args = parser.parse_args()
+    only = tuple(args.kernels.split(",")) if args.kernels else None
+    if only and not set(only) <= set(KERNELS):
+        parser.error(f"unknown kernels {sorted(set(only) - set(KERNELS))}; known: {KERNELS}")
 
     timer = Timer(repeats=3 if args.quick else 7, min_sample=0.005 if args.quick else 0.02)
     blas = blas_info()
@@ -526,9 +534,9 @@ def main():
         "quick": args.quick,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    head = headline(timer, args.quick)
-    gemm_rows = gemm(timer, args.quick)
-    table = kernel_table(timer)
+    head = [] if only else headline(timer, args.quick)
+    gemm_rows = [] if only else gemm(timer, args.quick)
+    table = kernel_table(timer, only or KERNELS)
     bandwidth = memory_bandwidth(timer, args.quick)
     peaks = gemm_peaks(gemm_rows)
     meta["limits"] = {"copy_gbs": bandwidth, "gemm_gflops_one_thread": peaks}

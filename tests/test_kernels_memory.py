@@ -133,6 +133,16 @@ def test_an_output_beyond_memory_raises_memory_error_and_the_process_survives():
     assert lines[2] == "6.0"
 
 
+@pytest.mark.parametrize("name", ["add", "subtract", "multiply", "divide", "scale"])
+def test_every_elementwise_output_beyond_memory_is_a_memory_error(name):
+    # The fast path's uninitialised output keeps the memory rule: refused
+    # before allocation, MemoryError naming the kernel and the size.
+    x = np.broadcast_to(1.0, (10**12,))
+    with pytest.raises(MemoryError, match=rf"{name}: unable to allocate 8000000000000 bytes"):
+        getattr(rp, name)(x, 2.0)
+    assert getattr(rp, name)(np.ones(3), 2.0).shape == (3,)
+
+
 async def test_memory_error_through_submit(kernel_pool):
     x = np.broadcast_to(1.0, (10**12,))
     with pytest.raises(MemoryError, match="8000000000000 bytes"):

@@ -33,6 +33,11 @@ pub struct HeldArray {
     ndim: usize,
     shape: [usize; MAX_NDIM],
     strides: [isize; MAX_NDIM],
+    /// The kernels' view, validated once when the array is held (`None`
+    /// when the layout is refused: `operand` then reports why). Built once
+    /// so that a call does not re-validate it for `check` and again for
+    /// `execute` (per-call overhead, issue 14).
+    view: Option<ArrayView<'static>>,
 }
 
 impl HeldArray {
@@ -51,9 +56,14 @@ impl HeldArray {
             ndim: shape.len(),
             shape: [0; MAX_NDIM],
             strides: [0; MAX_NDIM],
+            view: None,
         };
         held.shape[..shape.len()].copy_from_slice(shape);
         held.strides[..strides.len()].copy_from_slice(strides);
+        // SAFETY: `ptr`, `shape` and `strides` describe memory owned by
+        // `owner`, which `held` keeps alive; the 'static view is only handed
+        // out by `HeldOperand::operand`, shortened to the borrow of `held`.
+        held.view = unsafe { ArrayView::from_raw_parts(ptr, dtype, shape, strides) }.ok();
         held
     }
 }
@@ -103,9 +113,14 @@ impl HeldOperand {
         }
     }
 
-    /// The kernels' view of this operand.
-    pub fn operand(&self) -> Result<Operand<'_>, KernelError> {
+    /// The kernels' view of this operand, unbounded: valid only while this
+    /// operand (which keeps the memory alive) lives. `PreparedKernel` keeps
+    /// the views next to the operands so that a call builds them once.
+    pub fn operand_unbounded(&self) -> Result<Operand<'static>, KernelError> {
         Ok(match self {
+            // The view built when the array was held (see `HeldArray::view`).
+            HeldOperand::Array(HeldArray { view: Some(v), .. }) => Operand::Array(*v),
+            // The layout was refused when held: this reports why.
             // SAFETY: `ptr`, `shape` and `strides` describe memory owned by
             // `_owner`, which lives as long as `self`; nobody writes it while
             // a kernel runs (NumPy users who mutate an input during a job get
@@ -118,6 +133,11 @@ impl HeldOperand {
             HeldOperand::BigInt(f) => Operand::BigInt(*f),
             HeldOperand::Float(f) => Operand::Float(*f),
         })
+    }
+
+    /// The kernels' view of this operand.
+    pub fn operand(&self) -> Result<Operand<'_>, KernelError> {
+        self.operand_unbounded()
     }
 }
 
@@ -341,7 +361,15 @@ pub fn scalar_to_py(py: Python<'_>, scalar: Scalar) -> PyResult<PyObject> {
     }
 }
 
-/// Hands a result buffer to NumPy (or wraps it as `rp.Array`) without copying.
+/// Results of at most this many bytes are copied into an array NumPy
+/// allocates itself (from its small-block cache) instead of being handed
+/// over inside a container object: the copy costs less than creating and
+/// later freeing the container (per-call overhead of small element-wise
+/// calls, issue 14).
+const COPY_MAX_BYTES: usize = 4096;
+
+/// Hands a result buffer to NumPy (or wraps it as `rp.Array`): without
+/// copying, except small ones (see [`COPY_MAX_BYTES`]).
 pub fn array_to_py(
     py: Python<'_>,
     array: raptors_kernels::Array,
@@ -355,6 +383,16 @@ pub fn array_to_py(
         data: Vec<T>,
         shape: &[usize],
     ) -> PyResult<PyObject> {
+        if std::mem::size_of_val(data.as_slice()) <= COPY_MAX_BYTES {
+            // SAFETY: `new` returns an uninitialised C-contiguous array of
+            // `shape` (whose product is `data.len()`, the kernels' Array
+            // invariant); it is filled from `data` before anyone sees it.
+            unsafe {
+                let out = numpy::PyArray::<T, numpy::IxDyn>::new(py, shape, false);
+                std::ptr::copy_nonoverlapping(data.as_ptr(), out.data(), data.len());
+                return Ok(out.into_any().unbind());
+            }
+        }
         let flat = data.into_pyarray(py);
         if shape.len() == 1 {
             return Ok(flat.into_any().unbind());

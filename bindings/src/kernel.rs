@@ -48,6 +48,10 @@ fn signature(op: Op) -> Signature {
 pub struct PreparedKernel {
     /// `None`: the test kernel that panics.
     plan: Option<Plan>,
+    /// The kernels' views of `operands`, built once in `prepare`. Declared
+    /// first so they are dropped first; they point into memory that
+    /// `operands` keep alive and are only lent out while `self` lives.
+    views: SmallVec<[Operand<'static>; 3]>,
     operands: Vec<HeldOperand>,
     as_rp_array: bool,
 }
@@ -59,15 +63,25 @@ impl PreparedKernel {
 
     /// Runs the kernel; the output carries the inputs back (see [`KernelOutput`]).
     pub fn run(self, exec: &dyn Exec) -> Result<KernelOutput, KernelError> {
+        let value = self.execute(exec)?;
+        Ok(self.output(value))
+    }
+
+    /// Runs the kernel, borrowing the prepared call (a direct call does not
+    /// move it, a few hundred bytes, into the GIL and unwind closures).
+    fn execute(&self, exec: &dyn Exec) -> Result<raptors_kernels::Value, KernelError> {
         let Some(plan) = &self.plan else {
             panic!("the test kernel panicked on purpose")
         };
-        let value = plan.execute(&views(&self.operands)?, exec)?;
-        Ok(KernelOutput {
+        plan.execute(&self.views, exec)
+    }
+
+    fn output(self, value: raptors_kernels::Value) -> KernelOutput {
+        KernelOutput {
             value,
             as_rp_array: self.as_rp_array,
             inputs: self.operands,
-        })
+        }
     }
 }
 
@@ -104,13 +118,14 @@ impl Kernel {
             KernelKind::TestPanic => {
                 return Ok(PreparedKernel {
                     plan: None,
+                    views: SmallVec::new(),
                     operands: Vec::new(),
                     as_rp_array: false,
                 })
             }
         };
         let sig = signature(op);
-        let mut names: Vec<&'static str> = sig.operands.to_vec();
+        let mut names: SmallVec<[&'static str; 4]> = SmallVec::from_slice(sig.operands);
         if sig.k {
             names.push("k");
         }
@@ -211,11 +226,12 @@ impl Kernel {
                 self.name
             )));
         }
-        let plan = views(&operands)
-            .and_then(|views| raptors_kernels::check(op, &views, &params))
-            .map_err(|err| errors::kernel_error(py, err))?;
+        let checked = views(&operands)
+            .and_then(|views| Ok((raptors_kernels::check(op, &views, &params)?, views)));
+        let (plan, views) = checked.map_err(|err| errors::kernel_error(py, err))?;
         Ok(PreparedKernel {
             plan: Some(plan),
+            views,
             operands,
             as_rp_array,
         })
@@ -247,9 +263,14 @@ fn unbounded(result: DType, lower: bool) -> HeldOperand {
     }
 }
 
-/// The kernels' views of held operands (at most three: no heap allocation).
-fn views(operands: &[HeldOperand]) -> Result<SmallVec<[Operand<'_>; 3]>, KernelError> {
-    operands.iter().map(HeldOperand::operand).collect()
+/// The kernels' views of held operands (at most three: no heap allocation),
+/// unbounded: valid while `operands` live (see `PreparedKernel::views`).
+fn views(operands: &[HeldOperand]) -> Result<SmallVec<[Operand<'static>; 3]>, KernelError> {
+    let mut views = SmallVec::new();
+    for held in operands {
+        views.push(held.operand_unbounded()?);
+    }
+    Ok(views)
 }
 
 fn integer(value: &Bound<'_, PyAny>, argument: &str) -> PyResult<isize> {
@@ -290,7 +311,7 @@ fn bind_arguments<'py>(
     required: usize,
     args: &Bound<'py, PyTuple>,
     kwargs: Option<&Bound<'py, PyDict>>,
-) -> PyResult<Vec<Option<Bound<'py, PyAny>>>> {
+) -> PyResult<SmallVec<[Option<Bound<'py, PyAny>>; 4]>> {
     if args.len() > names.len() {
         return Err(PyTypeError::new_err(format!(
             "{name}() takes at most {} positional arguments ({} given)",
@@ -298,7 +319,8 @@ fn bind_arguments<'py>(
             args.len()
         )));
     }
-    let mut bound: Vec<Option<Bound<'py, PyAny>>> = vec![None; names.len()];
+    let mut bound: SmallVec<[Option<Bound<'py, PyAny>>; 4]> = SmallVec::new();
+    bound.resize(names.len(), None);
     for (slot, value) in bound.iter_mut().zip(args.iter()) {
         *slot = Some(value);
     }
@@ -377,13 +399,13 @@ impl Kernel {
         let prepared = panic::catch_unwind(AssertUnwindSafe(|| self.prepare(py, args, kwargs)))
             .map_err(panicked)??;
         let elements = prepared.elements();
-        let output = gil::release(py, elements, || {
-            panic::catch_unwind(AssertUnwindSafe(|| prepared.run(&Serial)))
+        let value = gil::release(py, elements, || {
+            panic::catch_unwind(AssertUnwindSafe(|| prepared.execute(&Serial)))
         });
-        output
+        let value = value
             .map_err(panicked)?
-            .map_err(|err| errors::kernel_error(py, err))?
-            .into_py(py)
+            .map_err(|err| errors::kernel_error(py, err))?;
+        prepared.output(value).into_py(py)
     }
 }
 

@@ -16,10 +16,17 @@
 //! `collect` for a buffer whose length comes from the operands' shapes
 //! (bounded per-chunk scratch of at most `CHUNK_BYTES` is exempt only when
 //! it is on the stack).
+//!
+//! Outputs that the loops write exactly once (the element-wise ops) come
+//! from [`written`]: allocated uninitialised (no zero fill, no page touched
+//! before the loop writes it), handed to the loops as `MaybeUninit`, and
+//! given their length only after every element was written. Outputs that a
+//! kernel accumulates into start from [`zeroed`].
 
 use crate::dtype::Element;
 use crate::error::KernelError;
 use std::alloc::{alloc_zeroed, Layout};
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 /// The error for `n` elements of `item` bytes wanted by `kernel`.
@@ -94,6 +101,29 @@ pub(crate) fn with_capacity<T>(kernel: &'static str, n: usize) -> Result<Vec<T>,
     Ok(v)
 }
 
+/// `n` elements written once by `fill`, allocated fallibly and never zero
+/// filled: `fill` gets the `n` uninitialised slots and the vector takes its
+/// length only when `fill` returns `Ok`. On `Err` (a cancelled kernel) the
+/// memory is freed without being read.
+///
+/// # Safety
+/// When `fill` returns `Ok(())` it must have written every element of the
+/// slice it was given (through `MaybeUninit::write` or by assigning
+/// `MaybeUninit::new`), so that all `n` elements are initialised.
+pub(crate) unsafe fn written<T>(
+    kernel: &'static str,
+    n: usize,
+    fill: impl FnOnce(&mut [MaybeUninit<T>]) -> Result<(), KernelError>,
+) -> Result<Vec<T>, KernelError> {
+    let mut v = with_capacity::<T>(kernel, n)?;
+    fill(&mut v.spare_capacity_mut()[..n])?;
+    // SAFETY: `with_capacity` reserved at least `n` elements, and by this
+    // function's contract `fill` returned `Ok` only after initialising all
+    // of the first `n` (the slice it was given). Nothing read them before.
+    unsafe { v.set_len(n) };
+    Ok(v)
+}
+
 /// `n` copies of `x`, allocated fallibly.
 pub(crate) fn filled<T: Element>(
     kernel: &'static str,
@@ -103,4 +133,54 @@ pub(crate) fn filled<T: Element>(
     let mut v = with_capacity(kernel, n)?;
     v.resize(n, x);
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_refuses_an_impossible_size_before_calling_fill() {
+        let n = usize::MAX / 8 + 1;
+        // SAFETY: `fill` is never called (and would write nothing).
+        let got = unsafe { written::<f64>("add", n, |_| panic!("fill called")) };
+        assert!(matches!(
+            got,
+            Err(KernelError::Memory { kernel: "add", .. })
+        ));
+        let beyond = alloc_limit() / 8 + 1;
+        // SAFETY: as above.
+        let got = unsafe { written::<f64>("add", beyond, |_| panic!("fill called")) };
+        assert!(matches!(
+            got,
+            Err(KernelError::Memory { kernel: "add", .. })
+        ));
+    }
+
+    #[test]
+    fn written_takes_its_length_only_after_fill_succeeds() {
+        // SAFETY: the closure writes every element.
+        let v = unsafe {
+            written::<i32>("add", 5, |out| {
+                assert_eq!(out.len(), 5);
+                for (i, o) in out.iter_mut().enumerate() {
+                    o.write(i as i32);
+                }
+                Ok(())
+            })
+        };
+        assert_eq!(v.unwrap(), [0, 1, 2, 3, 4]);
+        // A fill that fails (a cancelled kernel) frees the memory unread.
+        // SAFETY: the closure returns Err, so nothing is taken as initialised.
+        let v = unsafe { written::<f64>("add", 1 << 20, |_| Err(KernelError::Cancelled)) };
+        assert!(matches!(v, Err(KernelError::Cancelled)));
+        // SAFETY: nothing to write.
+        let v = unsafe {
+            written::<f32>("add", 0, |out| {
+                assert!(out.is_empty());
+                Ok(())
+            })
+        };
+        assert!(v.unwrap().is_empty());
+    }
 }

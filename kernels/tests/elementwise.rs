@@ -474,3 +474,73 @@ fn mixed_dtypes_convert_in_blocks_across_rows() {
         }
     }
 }
+
+/// Two operands, each with its logical values and shape.
+type Side<'a> = (
+    Operand<'a>,
+    &'a [f64],
+    &'a [usize],
+    Operand<'a>,
+    &'a [f64],
+    &'a [usize],
+);
+
+/// The fast path (operands of the result dtype, each contiguous with the
+/// output's size or a scalar) and its neighbours on the general path, over
+/// all four dtypes and sizes from empty to several chunks, against the
+/// broadcast reference; outputs are written without zero fill, so every
+/// element is compared.
+#[test]
+fn contiguous_same_dtype_fast_path_matches_reference() {
+    for op in [Op::Add, Op::Subtract, Op::Multiply, Op::Divide, Op::Scale] {
+        for dt in DTYPES {
+            for n in [0usize, 1, 7, 31, 1000, 65_537, 200_003] {
+                let a = Case::new(
+                    dt,
+                    &values(n, 11 + n as u64, !dt.is_float()),
+                    &[n],
+                    Layout::C,
+                );
+                let vb: Vec<f64> = values(n, 12 + n as u64, !dt.is_float())
+                    .into_iter()
+                    .map(|v| if v == 0.0 { 3.0 } else { v })
+                    .collect();
+                let b = Case::new(dt, &vb, &[n], Layout::C);
+                let one = Case::new(dt, &[5.0], &[1], Layout::C);
+                let strided = Case::new(dt, &vb, &[n], Layout::Strided);
+                let weak = if dt.is_float() {
+                    Operand::Float(2.5)
+                } else {
+                    Operand::Int(3)
+                };
+                let weak_val = if dt.is_float() { 2.5 } else { 3.0 };
+                let cases: [Side<'_>; 5] = [
+                    (a.op(), &a.vals, &[n], b.op(), &b.vals, &[n]),
+                    (a.op(), &a.vals, &[n], weak, &[weak_val], &[]),
+                    (weak, &[weak_val], &[], b.op(), &b.vals, &[n]),
+                    (a.op(), &a.vals, &[n], one.op(), &one.vals, &[1]),
+                    (a.op(), &a.vals, &[n], strided.op(), &strided.vals, &[n]),
+                ];
+                for (i, (x, xv, xs, y, yv, ys)) in cases.into_iter().enumerate() {
+                    let mut want_dt = dt;
+                    if op == Op::Divide && !dt.is_float() {
+                        want_dt = DType::Float64;
+                    }
+                    let ctx = format!("{} {dt:?} n={n} case {i}", op.name());
+                    let got = run(op, &[x, y], &Params::default(), &Serial).unwrap();
+                    let (got_dt, shape, vals) = flat(&got);
+                    assert_eq!(got_dt, want_dt, "{ctx}");
+                    if n == 0 {
+                        // (`reference` takes the larger extent, not NumPy's 0.)
+                        assert_eq!((shape, vals), (vec![0], vec![]), "{ctx}");
+                        continue;
+                    }
+                    let (ws, wv) = reference(op, xv, xs, yv, ys, want_dt);
+                    assert_eq!(shape, ws, "{ctx}");
+                    // One correctly rounded operation: exact in every dtype.
+                    assert_eq!(vals, wv, "{ctx}");
+                }
+            }
+        }
+    }
+}

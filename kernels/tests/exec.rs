@@ -79,6 +79,16 @@ fn big_cases() -> Vec<(Op, Vec<Case>, Params)> {
             Params::default(),
         ),
         (
+            Op::Subtract,
+            vec![f(DType::Int32), f(DType::Int32)],
+            Params::default(),
+        ),
+        (
+            Op::Multiply,
+            vec![m(DType::Float32), q(DType::Float32)],
+            Params::default(),
+        ),
+        (
             Op::CosineSimilarity,
             vec![m(DType::Float32), q(DType::Float32)],
             Params::default(),

@@ -1,9 +1,15 @@
 //! Element-by-element loops over contiguous runs: binary ufuncs (vector with
 //! vector, vector with broadcast scalar), in-place accumulation, clip, axpy.
+//!
+//! Loops that produce an output write it through `&mut [MaybeUninit<T>]`:
+//! they never read it, and they write every one of its elements (the
+//! inputs must have the output's length: asserted once per call), which is
+//! what `alloc::written` relies on.
 
 use super::multiversion;
 use super::reduce::{pick_max, pick_min};
 use crate::dtype::{Element, Float};
+use std::mem::MaybeUninit;
 
 /// A binary ufunc's scalar rule. Implemented by zero-sized kernel types so
 /// that every loop is monomorphised (and vectorised) per ufunc and dtype.
@@ -64,23 +70,29 @@ impl<T: Element> Binary<T> for MaxK {
 }
 
 #[inline(always)]
-fn vv_body<T: Element, K: Binary<T>>(a: &[T], b: &[T], out: &mut [T]) {
+fn vv_body<T: Element, K: Binary<T>>(a: &[T], b: &[T], out: &mut [MaybeUninit<T>]) {
+    assert!(
+        a.len() == out.len() && b.len() == out.len(),
+        "operand lengths"
+    );
     for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-        *o = K::apply(x, y);
+        o.write(K::apply(x, y));
     }
 }
 
 #[inline(always)]
-fn vs_body<T: Element, K: Binary<T>>(a: &[T], b: T, out: &mut [T]) {
+fn vs_body<T: Element, K: Binary<T>>(a: &[T], b: T, out: &mut [MaybeUninit<T>]) {
+    assert_eq!(a.len(), out.len(), "operand length");
     for (o, &x) in out.iter_mut().zip(a) {
-        *o = K::apply(x, b);
+        o.write(K::apply(x, b));
     }
 }
 
 #[inline(always)]
-fn sv_body<T: Element, K: Binary<T>>(a: T, b: &[T], out: &mut [T]) {
+fn sv_body<T: Element, K: Binary<T>>(a: T, b: &[T], out: &mut [MaybeUninit<T>]) {
+    assert_eq!(b.len(), out.len(), "operand length");
     for (o, &y) in out.iter_mut().zip(b) {
-        *o = K::apply(a, y);
+        o.write(K::apply(a, y));
     }
 }
 
@@ -93,15 +105,15 @@ fn acc_body<T: Element, K: Binary<T>>(acc: &mut [T], x: &[T]) {
 
 multiversion! {
     /// `out[i] = K(a[i], b[i])`.
-    fn binary_vv<T: Element, K: Binary<T>>(a: &[T], b: &[T], out: &mut [T]) = vv_body;
+    fn binary_vv<T: Element, K: Binary<T>>(a: &[T], b: &[T], out: &mut [MaybeUninit<T>]) = vv_body;
 }
 multiversion! {
     /// `out[i] = K(a[i], b)`.
-    fn binary_vs<T: Element, K: Binary<T>>(a: &[T], b: T, out: &mut [T]) = vs_body;
+    fn binary_vs<T: Element, K: Binary<T>>(a: &[T], b: T, out: &mut [MaybeUninit<T>]) = vs_body;
 }
 multiversion! {
     /// `out[i] = K(a, b[i])`.
-    fn binary_sv<T: Element, K: Binary<T>>(a: T, b: &[T], out: &mut [T]) = sv_body;
+    fn binary_sv<T: Element, K: Binary<T>>(a: T, b: &[T], out: &mut [MaybeUninit<T>]) = sv_body;
 }
 multiversion! {
     /// `acc[i] = K(acc[i], x[i])` (column reductions, row accumulation).
@@ -121,15 +133,16 @@ pub(crate) fn clip_one<T: Element>(x: T, lo: T, hi: T) -> T {
 }
 
 #[inline(always)]
-fn clip_body<T: Element>(a: &[T], lo: T, hi: T, out: &mut [T]) {
+fn clip_body<T: Element>(a: &[T], lo: T, hi: T, out: &mut [MaybeUninit<T>]) {
+    assert_eq!(a.len(), out.len(), "operand length");
     for (o, &x) in out.iter_mut().zip(a) {
-        *o = clip_one(x, lo, hi);
+        o.write(clip_one(x, lo, hi));
     }
 }
 
 multiversion! {
     /// `out[i] = clip(a[i], lo, hi)`.
-    fn clip_vs<T: Element>(a: &[T], lo: T, hi: T, out: &mut [T]) = clip_body;
+    fn clip_vs<T: Element>(a: &[T], lo: T, hi: T, out: &mut [MaybeUninit<T>]) = clip_body;
 }
 
 #[inline(always)]

@@ -7,7 +7,16 @@
 //! chunks, each run of each operand's row being contiguous (read in place),
 //! broadcast (stride 0 along the row: read as a scalar) or strided
 //! (gathered into a stack block of `CONVERT_BLOCK`). No operand is ever
-//! copied whole; the output is the only allocation (`alloc::zeroed`).
+//! copied whole; the output is the only allocation.
+//!
+//! Fast path: when both operands of a binary op already have the result
+//! dtype and are each either C-contiguous with the output's element count
+//! or a scalar, the call skips the broadcast machinery and runs the SIMD
+//! loop over the slices, chunk by chunk.
+//!
+//! The output is allocated uninitialised (`alloc::written`, no zero fill)
+//! and written exactly once: every path below hands each output chunk to a
+//! loop that writes all of its elements (`loops` asserts the lengths).
 
 use crate::alloc;
 use crate::array::Value;
@@ -18,6 +27,7 @@ use crate::loops::{self, AddK, Binary, DivK, MulK, SubK};
 use crate::ops::operand::Typed;
 use crate::view::{ArrayView, Mat, Operand};
 use crate::with_dtype;
+use std::mem::MaybeUninit;
 
 /// The binary ufuncs.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -229,9 +239,14 @@ impl<'a, T: Element> Bcast<'a, T> {
     }
 }
 
-fn binary_rows<T: Element, K: Binary<T>>(a: &Row<'_, T>, b: &Row<'_, T>, out: &mut [T]) {
+/// Writes every element of `out` (see the module docs).
+fn binary_rows<T: Element, K: Binary<T>>(
+    a: &Row<'_, T>,
+    b: &Row<'_, T>,
+    out: &mut [MaybeUninit<T>],
+) {
     match (a, b) {
-        (Row::Scalar(x), Row::Scalar(y)) => out.fill(K::apply(*x, *y)),
+        (Row::Scalar(x), Row::Scalar(y)) => out.fill(MaybeUninit::new(K::apply(*x, *y))),
         (Row::Scalar(x), _) => loops::binary_sv::<T, K>(*x, b.as_slice().expect("not scalar"), out),
         (_, Row::Scalar(y)) => loops::binary_vs::<T, K>(a.as_slice().expect("not scalar"), *y, out),
         _ => loops::binary_vv::<T, K>(
@@ -268,12 +283,13 @@ fn sub<'r, T: Element>(
 }
 
 /// Runs `f` over `piece` (flat indices from `start`) in blocks of
-/// `CONVERT_BLOCK`, with one conversion buffer per operand.
+/// `CONVERT_BLOCK`, with one conversion buffer per operand; every element
+/// of `piece` is in exactly one block.
 fn flat_blocks<T: Element, const N: usize>(
     flats: &[Flat<'_, T>; N],
     start: usize,
-    piece: &mut [T],
-    f: impl Fn(&[Row<'_, T>; N], &mut [T]),
+    piece: &mut [MaybeUninit<T>],
+    f: impl Fn(&[Row<'_, T>; N], &mut [MaybeUninit<T>]),
 ) {
     if !flats.iter().any(|f| matches!(f, Flat::Foreign(_))) {
         let rows: [Row<'_, T>; N] = std::array::from_fn(|i| match flats[i] {
@@ -302,14 +318,18 @@ fn flat_blocks<T: Element, const N: usize>(
 /// Fills `out` (`rows x cols`, C order) with `f` applied to the operands'
 /// rows: over flat runs when every operand is a full contiguous array or a
 /// scalar (layout chosen once, here), else row by row.
+///
+/// Every element of `out` is handed to `f` exactly once; when `f` writes
+/// all of the elements it is given and this returns `Ok`, `out` is fully
+/// initialised.
 fn fill_broadcast<T: Element, const N: usize>(
     ops: &[Bcast<'_, T>; N],
     rows: usize,
     cols: usize,
-    out: &mut [T],
+    out: &mut [MaybeUninit<T>],
     per_item: usize,
     exec: &dyn Exec,
-    f: impl Fn(&[Row<'_, T>; N], &mut [T]) + Sync,
+    f: impl Fn(&[Row<'_, T>; N], &mut [MaybeUninit<T>]) + Sync,
 ) -> Result<(), KernelError> {
     let flats: [Option<Flat<'_, T>>; N] = std::array::from_fn(|i| ops[i].flat(rows));
     if flats.iter().all(Option::is_some) {
@@ -323,7 +343,8 @@ fn fill_broadcast<T: Element, const N: usize>(
         );
     }
     if cols == 0 {
-        return Ok(()); // no columns: nothing to write
+        debug_assert!(out.is_empty());
+        return Ok(()); // no columns: no elements to write
     }
     // Row by row, in flat chunks of the output (a chunk may start and end
     // inside a row); runs of a row are cut to CONVERT_BLOCK when an operand
@@ -355,6 +376,25 @@ fn fill_broadcast<T: Element, const N: usize>(
     )
 }
 
+/// The fast path's view of an operand: the result dtype already, and
+/// either C-contiguous with all `n` output elements or one scalar.
+fn direct<'a, T: Element>(t: &Typed<'a, T>, n: usize) -> Option<Row<'a, T>> {
+    match t {
+        Typed::Scalar(s) => Some(Row::Scalar(*s)),
+        Typed::View(m) if m.len() == n => m.as_slice().map(Row::Slice),
+        Typed::View(m) if m.len() == 1 => Some(Row::Scalar(m.get(0, 0))),
+        _ => None,
+    }
+}
+
+/// Sub-run `start..start + len` of a fast-path operand.
+fn direct_sub<'r, T: Element>(row: &Row<'r, T>, start: usize, len: usize) -> Row<'r, T> {
+    match row {
+        Row::Slice(s) => Row::Slice(&s[start..start + len]),
+        Row::Scalar(x) => Row::Scalar(*x),
+    }
+}
+
 fn run_binary<'a, T: Element, K: Binary<T>>(
     a: &'a Typed<'a, T>,
     b: &'a Typed<'a, T>,
@@ -364,12 +404,42 @@ fn run_binary<'a, T: Element, K: Binary<T>>(
 ) -> Result<Value, KernelError> {
     let [rows, cols] = out_dims(&shape);
     let n = rows * cols;
-    let ops = [Bcast::new(a, cols), Bcast::new(b, cols)];
-    let mut out = alloc::zeroed::<T>(kernel, n)?;
     let per_item = 3 * std::mem::size_of::<T>();
-    fill_broadcast(&ops, rows, cols, &mut out, per_item, exec, |r, o| {
-        binary_rows::<T, K>(&r[0], &r[1], o)
-    })?;
+    let out = if let (Some(x), Some(y)) = (direct(a, n), direct(b, n)) {
+        // Fast path: no broadcast bookkeeping, one loop call per chunk.
+        // SAFETY: `fill_chunks` hands every element of the output to the
+        // closure exactly once, and `binary_rows` writes every element of
+        // the run it is given (operand runs have the run's length).
+        unsafe {
+            alloc::written(kernel, n, |out| {
+                fill_chunks(
+                    exec,
+                    out,
+                    chunk_items(per_item),
+                    per_item,
+                    |start, piece| {
+                        let len = piece.len();
+                        binary_rows::<T, K>(
+                            &direct_sub(&x, start, len),
+                            &direct_sub(&y, start, len),
+                            piece,
+                        )
+                    },
+                )
+            })?
+        }
+    } else {
+        let ops = [Bcast::new(a, cols), Bcast::new(b, cols)];
+        // SAFETY: `fill_broadcast` hands every output element to the
+        // closure exactly once; `binary_rows` writes all it is given.
+        unsafe {
+            alloc::written(kernel, n, |out| {
+                fill_broadcast(&ops, rows, cols, out, per_item, exec, |r, o| {
+                    binary_rows::<T, K>(&r[0], &r[1], o)
+                })
+            })?
+        }
+    };
     Ok(Value::from_vec(out, shape))
 }
 
@@ -408,27 +478,35 @@ fn run_clip<'a, T: Element>(
     let [rows, cols] = out_dims(&shape);
     let n = rows * cols;
     let ops = [0, 1, 2].map(|i| Bcast::new(&t[i], cols));
-    let mut out = alloc::zeroed::<T>("clip", n)?;
     let per_item = 2 * std::mem::size_of::<T>();
-    let clip_row =
-        |a: &Row<'_, T>, lo: &Row<'_, T>, hi: &Row<'_, T>, out: &mut [T]| match (a, lo, hi) {
-            (_, Row::Scalar(l), Row::Scalar(h)) => match a {
-                Row::Scalar(x) => out.fill(loops::clip_one(*x, *l, *h)),
-                _ => loops::clip_vs(a.as_slice().expect("not scalar"), *l, *h, out),
-            },
-            _ => {
-                let get = |r: &Row<'_, T>, i: usize| match r {
-                    Row::Scalar(s) => *s,
-                    _ => r.as_slice().expect("not scalar")[i],
-                };
-                for (i, o) in out.iter_mut().enumerate() {
-                    *o = loops::clip_one(get(a, i), get(lo, i), get(hi, i));
-                }
+    // Writes every element of `out`.
+    let clip_row = |a: &Row<'_, T>,
+                    lo: &Row<'_, T>,
+                    hi: &Row<'_, T>,
+                    out: &mut [MaybeUninit<T>]| match (a, lo, hi) {
+        (_, Row::Scalar(l), Row::Scalar(h)) => match a {
+            Row::Scalar(x) => out.fill(MaybeUninit::new(loops::clip_one(*x, *l, *h))),
+            _ => loops::clip_vs(a.as_slice().expect("not scalar"), *l, *h, out),
+        },
+        _ => {
+            let get = |r: &Row<'_, T>, i: usize| match r {
+                Row::Scalar(s) => *s,
+                _ => r.as_slice().expect("not scalar")[i],
+            };
+            for (i, o) in out.iter_mut().enumerate() {
+                o.write(loops::clip_one(get(a, i), get(lo, i), get(hi, i)));
             }
-        };
-    fill_broadcast(&ops, rows, cols, &mut out, per_item, exec, |r, o| {
-        clip_row(&r[0], &r[1], &r[2], o)
-    })?;
+        }
+    };
+    // SAFETY: `fill_broadcast` hands every output element to the closure
+    // exactly once; `clip_row` writes all it is given.
+    let out = unsafe {
+        alloc::written("clip", n, |out| {
+            fill_broadcast(&ops, rows, cols, out, per_item, exec, |r, o| {
+                clip_row(&r[0], &r[1], &r[2], o)
+            })
+        })?
+    };
     Ok(Value::from_vec(out, shape))
 }
 
