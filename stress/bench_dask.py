@@ -26,11 +26,10 @@ import contextlib
 import statistics
 import time
 
-import dask
 import distributed
 import numpy as np
 import raptors as rp
-from raptors.dask import DaskPool
+from raptors.dask import DaskPool, local_cluster
 
 
 def numpy_topk(matrix: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -49,10 +48,7 @@ def main() -> None:
     parser.add_argument("--cancels", type=int, default=7)
     args = parser.parse_args()
     with (
-        dask.config.set({"distributed.scheduler.worker-saturation": 1.0}),
-        distributed.LocalCluster(
-            processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None
-        ) as cluster,
+        local_cluster() as cluster,
         distributed.Client(cluster) as client,
         DaskPool("bench", client, queue=max(1024, args.burst)) as pool,
     ):

@@ -21,10 +21,9 @@ import numpy as np
 import pytest
 
 distributed = pytest.importorskip("distributed")
-import dask
 import raptors as rp
 from conftest import HANG, assert_invariant, wait_until
-from raptors.dask import DaskPool
+from raptors.dask import DaskPool, local_cluster
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -51,17 +50,7 @@ def client():
     # Saturation 1.0: the scheduler hands a worker a task only when it has a
     # free thread, so gate jobs land on both workers (the recommended setting
     # for DaskPool: priorities then order every waiting job).
-    with (
-        dask.config.set({"distributed.scheduler.worker-saturation": 1.0}),
-        distributed.LocalCluster(
-            processes=True,
-            n_workers=2,
-            threads_per_worker=1,
-            dashboard_address=None,
-            worker_dashboard_address=None,
-        ) as cluster,
-        distributed.Client(cluster) as dask_client,
-    ):
+    with local_cluster() as cluster, distributed.Client(cluster) as dask_client:
         yield dask_client
 
 
@@ -345,19 +334,7 @@ def test_a_worker_dying_mid_job_retries_then_fails_with_killed_worker():
     ``distributed.KilledWorker`` naming the deaths. Workers the nannies
     restart get the plugin and take new jobs."""
     with (
-        dask.config.set(
-            {
-                "distributed.scheduler.worker-saturation": 1.0,
-                "distributed.scheduler.allowed-failures": 1,
-            }
-        ),
-        distributed.LocalCluster(
-            processes=True,
-            n_workers=2,
-            threads_per_worker=1,
-            dashboard_address=None,
-            worker_dashboard_address=None,
-        ) as cluster,
+        local_cluster(allowed_failures=1) as cluster,
         distributed.Client(cluster) as dask_client,
         DaskPool(f"dask-death-{next(_serial)}", dask_client, queue=4) as dask_pool,
     ):

@@ -93,22 +93,14 @@ def _stamp(name: str) -> tuple[str, float]:
 def _dask_tour() -> None:
     import uuid
 
-    import dask
     import distributed
 
     from raptors.batch import Batcher
-    from raptors.dask import DaskPool
+    from raptors.dask import DaskPool, local_cluster
 
     print("starting a LocalCluster: 2 worker processes x 1 thread (worker-saturation 1.0) ...")
     with (
-        dask.config.set({"distributed.scheduler.worker-saturation": 1.0}),
-        distributed.LocalCluster(
-            processes=True,
-            n_workers=2,
-            threads_per_worker=1,
-            dashboard_address=None,
-            worker_dashboard_address=None,
-        ) as cluster,
+        local_cluster() as cluster,
         distributed.Client(cluster) as client,
         DaskPool("demo-dask", client, queue=8) as pool,
     ):

@@ -370,20 +370,10 @@ def main(args: argparse.Namespace) -> int:
 def _local_cluster(workers: int, threads: int) -> Iterator[str]:
     """A LocalCluster of worker processes on this machine; yields its address."""
     try:
-        import dask
-        import distributed
+        from raptors.dask import local_cluster
     except ImportError:
         raise SystemExit('--dask needs the extra: pip install "raptors[dask]"') from None
-    with (
-        dask.config.set({"distributed.scheduler.worker-saturation": 1.0}),
-        distributed.LocalCluster(
-            processes=True,
-            n_workers=workers,
-            threads_per_worker=threads,
-            dashboard_address=None,
-            worker_dashboard_address=None,
-        ) as cluster,
-    ):
+    with local_cluster(workers, threads) as cluster:
         yield cluster.scheduler_address
 
 

@@ -68,6 +68,7 @@ __all__ = [
     "DaskPoolStats",
     "RaptorsWorkerPlugin",
     "Scattered",
+    "local_cluster",
 ]
 
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled", "expired"]
@@ -783,6 +784,32 @@ _DASK_COUNTERS = (
     ("expired", "Jobs whose start deadline passed."),
     ("rejected", "Submits refused with QueueFull."),
 )
+
+
+@contextlib.contextmanager
+def local_cluster(
+    n_workers: int = 2, threads_per_worker: int = 1, **config: Any
+) -> Iterator[distributed.LocalCluster]:
+    """A ``LocalCluster`` of worker processes on this machine, set up as
+    DaskPool wants it: ``worker-saturation`` 1.0 (the scheduler holds what no
+    thread is free for, so priorities order every waiting job), no
+    dashboards. ``config``: more ``distributed.scheduler.*`` settings, by
+    their last name with ``_`` for ``-`` (``allowed_failures=1``)."""
+    import dask
+
+    settings = {"distributed.scheduler.worker-saturation": 1.0}
+    settings |= {f"distributed.scheduler.{k.replace('_', '-')}": v for k, v in config.items()}
+    with (
+        dask.config.set(settings),
+        distributed.LocalCluster(
+            processes=True,
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            dashboard_address=None,
+            worker_dashboard_address=None,
+        ) as cluster,
+    ):
+        yield cluster
 
 
 def _saturation(st: DaskPoolStats) -> float:
